@@ -1,0 +1,75 @@
+#include "overlap_average.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vcesdk {
+namespace {
+
+// One row of one window: sum += weight * value, weight_row += weight (once per window row).
+inline void add_row_uniform(float* __restrict dst, const float* __restrict src, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+inline void add_row_weighted(float* __restrict dst, const float* __restrict src,
+                             const float* __restrict wrow, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i] * wrow[i];
+}
+
+inline void add_weight_uniform(float* __restrict dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] += 1.0f;
+}
+
+}  // namespace
+
+void overlap_accumulate(float* sum, float* weight, int64_t C, int64_t D, int64_t H, int64_t W,
+                        const float* windows, const int64_t* offsets, int64_t B, int64_t d,
+                        int64_t h, int64_t w, const float* wmap) {
+  const int64_t win_channel = d * h * w;
+  const int64_t win_size = C * win_channel;
+  const int64_t vol_channel = D * H * W;
+  // Windows may overlap one another, so they are added one after the other; inside a window
+  // every (channel, z, y) row maps to a distinct destination row, so rows run in parallel.
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t oz = offsets[3 * b], oy = offsets[3 * b + 1], ox = offsets[3 * b + 2];
+    const float* win = windows + b * win_size;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t z = 0; z < d; ++z) {
+      for (int64_t y = 0; y < h; ++y) {
+        const int64_t dst_row = ((oz + z) * H + (oy + y)) * W + ox;
+        const int64_t src_row = (z * h + y) * w;
+        if (wmap == nullptr) {
+          add_weight_uniform(weight + dst_row, w);
+          for (int64_t c = 0; c < C; ++c)
+            add_row_uniform(sum + c * vol_channel + dst_row, win + c * win_channel + src_row, w);
+        } else {
+          const float* wrow = wmap + src_row;
+          add_row_uniform(weight + dst_row, wrow, w);
+          for (int64_t c = 0; c < C; ++c)
+            add_row_weighted(sum + c * vol_channel + dst_row, win + c * win_channel + src_row,
+                             wrow, w);
+        }
+      }
+    }
+  }
+}
+
+void overlap_finalize(float* sum, const float* weight, int64_t C, int64_t D, int64_t H,
+                      int64_t W, float empty) {
+  const int64_t n = D * H * W;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float wt = weight[i];
+    if (wt > 0.0f) {
+      for (int64_t c = 0; c < C; ++c) sum[c * n + i] /= wt;
+    } else {
+      for (int64_t c = 0; c < C; ++c) sum[c * n + i] = empty;
+    }
+  }
+}
+
+}  // namespace vcesdk

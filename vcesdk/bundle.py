@@ -1,0 +1,226 @@
+"""The model bundle: a folder with ``manifest.json``, the model files and their SHA-256.
+
+The manifest carries everything preprocessing needs, so training and deployment cannot
+disagree: input windows (channels), value scaling, slices per window, padding multiples,
+resampling, the output mapping back to HU, blending and stride, phase and method, and the
+SHA-256 of every file. :func:`load_bundle` verifies all of it before anything runs.
+
+Schema version 1 (keys marked * are required)::
+
+    schema_version*: 1
+    name*, phase* ("ap" | "pvp" | "dp"), method*, description, demo (bool), clinical_use (bool)
+    input*:  channels* [{name, level, width}], value_range [-1, 1],
+             window* {slices*, height (null = whole plane), width (null = whole plane)},
+             multiple_of* [d, h, w], resample {spacing_mm [z, y, x]} | null, pad_hu
+    output*: channels*, channel*, hu_range* [lo, hi], compose* ("replace" | "add_difference")
+    inference*: stride* [sd, sh, sw] (null = whole plane), blend* ("mean" | "gaussian"),
+                batch_size
+    files*:  {file name: {sha256*, role* ("model" | "weights" | ...), format, precision,
+              parity {max_abs_hu, tolerance_hu}, ...}}
+    network, build, training: free-form provenance
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+from .intensity import Window, windows_from_manifest
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PHASES: tuple[str, ...] = ("ap", "pvp", "dp")
+COMPOSE_MODES: tuple[str, ...] = ("replace", "add_difference")
+BLENDS: tuple[str, ...] = ("mean", "gaussian")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise BundleError(msg)
+
+
+def _get(d: dict, key: str, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise BundleError(f"manifest: missing {where}{key}")
+    return d[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A verified model bundle.
+
+    Attributes:
+        path: the bundle folder.
+        manifest: the parsed manifest.json.
+        windows: the input channel windows.
+        window: (d, h, w) window size; h or w None = the whole (padded) plane.
+        stride: (sd, sh, sw); None on an axis whose window is the whole plane.
+        multiple_of: (d, h, w) the network's size divisors; inputs are padded to them.
+        resample_mm: (z, y, x) spacing the model runs at, or None (native grid).
+        output_hu: (lo, hi) HU that the output range [-1, 1] maps to.
+        compose: "replace" (output is the sCECT) or "add_difference" (sCECT = input +
+            (output - input clipped to output_hu), computed on the model grid).
+    """
+
+    path: Path
+    manifest: dict
+    windows: tuple[Window, ...]
+    window: tuple[int, int | None, int | None]
+    stride: tuple[int, int | None, int | None]
+    multiple_of: tuple[int, int, int]
+    resample_mm: tuple[float, float, float] | None
+    output_hu: tuple[float, float]
+    output_channel: int
+    compose: str
+    blend: str
+    batch_size: int
+    pad_hu: float
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def phase(self) -> str:
+        return str(self.manifest["phase"])
+
+    def file(self, role: str = "model", fmt: str | None = None) -> Path:
+        """Path of the first file with this role (and format).
+
+        Raises:
+            BundleError: no such file in the manifest.
+        """
+        for name, meta in self.manifest["files"].items():
+            if meta.get("role") == role and (fmt is None or meta.get("format") == fmt):
+                return self.path / name
+        raise BundleError(f"bundle {self.path} has no {fmt or ''} {role} file".replace("  ", " "))
+
+
+def validate_manifest(m: Any) -> dict:
+    """Check a parsed manifest against schema version 1; return it.
+
+    Raises:
+        BundleError: with the first problem found (missing key, wrong type or value).
+    """
+    _require(isinstance(m, dict), "manifest: top level must be a JSON object")
+    version = _get(m, "schema_version", "")
+    _require(version == SCHEMA_VERSION,
+             f"manifest: schema_version {version!r} is not supported (this vcesdk reads "
+             f"{SCHEMA_VERSION}); upgrade vcesdk or re-export the bundle")
+    for key in ("name", "method"):
+        _require(isinstance(_get(m, key, ""), str) and m[key], f"manifest: {key} must be a "
+                                                              f"non-empty string")
+    _require(_get(m, "phase", "") in PHASES,
+             f"manifest: phase must be one of {PHASES}, got {m.get('phase')!r}")
+    inp = _get(m, "input", "")
+    windows_from_manifest(_get(inp, "channels", "input."))
+    win = _get(inp, "window", "input.")
+    slices = _get(win, "slices", "input.window.")
+    _require(isinstance(slices, int) and slices >= 1,
+             f"manifest: input.window.slices must be a positive integer, got {slices!r}")
+    for key in ("height", "width"):
+        v = win.get(key)
+        _require(v is None or (isinstance(v, int) and v >= 1),
+                 f"manifest: input.window.{key} must be null or a positive integer, got {v!r}")
+    mult = _get(inp, "multiple_of", "input.")
+    _require(isinstance(mult, list) and len(mult) == 3 and all(isinstance(v, int) and v >= 1
+                                                               for v in mult),
+             f"manifest: input.multiple_of must be three positive integers, got {mult!r}")
+    res = inp.get("resample")
+    if res is not None:
+        sp = _get(res, "spacing_mm", "input.resample.")
+        _require(isinstance(sp, list) and len(sp) == 3 and all(
+            isinstance(v, (int, float)) and v > 0 for v in sp),
+            f"manifest: input.resample.spacing_mm must be three positive numbers, got {sp!r}")
+    out = _get(m, "output", "")
+    hr = _get(out, "hu_range", "output.")
+    _require(isinstance(hr, list) and len(hr) == 2 and hr[0] < hr[1],
+             f"manifest: output.hu_range must be [low, high], got {hr!r}")
+    _require(_get(out, "compose", "output.") in COMPOSE_MODES,
+             f"manifest: output.compose must be one of {COMPOSE_MODES}, got {out['compose']!r}")
+    nch, ch = _get(out, "channels", "output."), _get(out, "channel", "output.")
+    _require(isinstance(nch, int) and isinstance(ch, int) and 0 <= ch < nch,
+             f"manifest: output.channel {ch!r} must index output.channels {nch!r}")
+    inf = _get(m, "inference", "")
+    stride = _get(inf, "stride", "inference.")
+    _require(isinstance(stride, list) and len(stride) == 3 and isinstance(stride[0], int)
+             and stride[0] >= 1 and all(v is None or (isinstance(v, int) and v >= 1)
+                                        for v in stride),
+             f"manifest: inference.stride must be [sd, sh|null, sw|null], got {stride!r}")
+    _require(_get(inf, "blend", "inference.") in BLENDS,
+             f"manifest: inference.blend must be one of {BLENDS}, got {inf['blend']!r}")
+    files = _get(m, "files", "")
+    _require(isinstance(files, dict) and files, "manifest: files must list the model files")
+    for name, meta in files.items():
+        _require(isinstance(name, str) and "/" not in name and "\\" not in name
+                 and name not in ("", ".", "..", MANIFEST),
+                 f"manifest: file name {name!r} must be a plain file name in the bundle")
+        sha = _get(meta, "sha256", f"files.{name}.")
+        _require(isinstance(sha, str) and len(sha) == 64,
+                 f"manifest: files.{name}.sha256 must be 64 hex digits")
+        _get(meta, "role", f"files.{name}.")
+    _require(any(meta.get("role") == "model" for meta in files.values()),
+             "manifest: no file has role 'model'")
+    return m
+
+
+def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Read, validate and (by default) checksum-verify a bundle folder.
+
+    Args:
+        path: the bundle folder (holding manifest.json).
+        verify: check the SHA-256 of every listed file (never skip this for untrusted input).
+
+    Returns:
+        The verified :class:`Bundle`.
+
+    Raises:
+        BundleError: missing folder or manifest, invalid JSON or schema, missing file, or a
+            file whose SHA-256 differs from the manifest (the bundle was altered).
+    """
+    p = Path(path)
+    mpath = p / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"not a model bundle: {p} has no {MANIFEST}")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: invalid JSON ({exc})") from None
+    validate_manifest(m)
+    if verify:
+        for name, meta in m["files"].items():
+            f = p / name
+            if not f.is_file():
+                raise BundleError(f"bundle {p}: file {name} listed in the manifest is missing")
+            digest = sha256_file(f)
+            if digest != meta["sha256"]:
+                raise BundleError(f"bundle {p}: SHA-256 of {name} is {digest[:12]}..., the "
+                                  f"manifest says {meta['sha256'][:12]}...; the file was changed "
+                                  f"after export, re-export the bundle")
+    inp, out, inf = m["input"], m["output"], m["inference"]
+    win = inp["window"]
+    res = inp.get("resample")
+    return Bundle(
+        path=p, manifest=m, windows=windows_from_manifest(inp["channels"]),
+        window=(int(win["slices"]), win.get("height"), win.get("width")),
+        stride=tuple(inf["stride"]),  # type: ignore[arg-type]
+        multiple_of=tuple(int(v) for v in inp["multiple_of"]),  # type: ignore[arg-type]
+        resample_mm=tuple(float(v) for v in res["spacing_mm"]) if res else None,  # type: ignore
+        output_hu=(float(out["hu_range"][0]), float(out["hu_range"][1])),
+        output_channel=int(out["channel"]), compose=str(out["compose"]),
+        blend=str(inf["blend"]), batch_size=int(inf.get("batch_size", 1)),
+        pad_hu=float(inp.get("pad_hu", -1024.0)),
+    )

@@ -1,0 +1,245 @@
+"""The runtime a vendor embeds: ``Synthesizer(bundle).synthesize(ctvolume) -> ctvolume``.
+
+Flow: HU volume -> (resample to the bundle's grid) -> windows to channels -> pad to the
+network's multiples -> sliding windows through ONNX Runtime -> overlap average (vcesdk._C)
+-> output channel to HU -> (compose with the input, resample back) -> HU on the input's grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import InputError, ProviderError
+from .intensity import channels_to_hu, hu_to_channels
+from .stitch import sliding_window, window_grid
+from .volume import CTVolume, resample_volume
+
+_logger = logging.getLogger(__name__)
+
+# Preference order when the caller names no providers.
+DEFAULT_PROVIDER_ORDER: tuple[str, ...] = (
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclasses.dataclass
+class LatencyReport:
+    """Timing of one :meth:`Synthesizer.synthesize` call.
+
+    Attributes:
+        backend: the ONNX Runtime execution provider that ran the model.
+        slices: number of input slices (D of the input volume).
+        windows: number of windows the model ran on.
+        total_s: wall time of the whole call, seconds.
+        model_s: time inside the model (all predictor calls), seconds.
+        median_ms_per_slice: median model time per window, times windows per input slice: the
+            model's cost of one output slice, ms.
+        end_to_end_ms_per_slice: total_s / slices, ms (includes resampling, windowing, stitch).
+    """
+
+    backend: str
+    slices: int
+    windows: int
+    total_s: float
+    model_s: float
+    median_ms_per_slice: float
+    end_to_end_ms_per_slice: float
+
+    def line(self) -> str:
+        """One human-readable line."""
+        return (f"latency: {self.median_ms_per_slice:.1f} ms/slice median model time, "
+                f"{self.end_to_end_ms_per_slice:.1f} ms/slice end to end over {self.slices} "
+                f"slices ({self.windows} windows) on {self.backend}")
+
+
+def _round_up(n: int, m: int) -> int:
+    return ((n + m - 1) // m) * m
+
+
+def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+    """ONNX Runtime providers to try, in order, filtered to those available here.
+
+    Args:
+        requested: provider names in order of preference; None for TensorRT, CUDA, CPU.
+
+    Returns:
+        The available ones, in the requested order.
+
+    Raises:
+        ProviderError: a name ONNX Runtime does not know (the message lists the valid ones),
+            or none of the requested providers is available in this installation.
+    """
+    import onnxruntime as ort
+
+    known = ort.get_all_providers()
+    available = ort.get_available_providers()
+    names = list(DEFAULT_PROVIDER_ORDER if requested is None else requested)
+    if not names:
+        raise ProviderError("providers is empty; valid: " + ", ".join(known))
+    for name in names:
+        if name not in known:
+            raise ProviderError(f"unknown execution provider {name!r}; valid: "
+                                f"{', '.join(known)}")
+    chosen = [n for n in names if n in available]
+    if not chosen:
+        raise ProviderError(f"none of {', '.join(names)} is available in this onnxruntime "
+                            f"installation (available: {', '.join(available)})")
+    return chosen
+
+
+class Synthesizer:
+    """Turns a non-contrast CT into a synthetic contrast-enhanced CT with one model bundle.
+
+    Construct once (the bundle is verified and the ONNX Runtime session created), then call
+    :meth:`synthesize` many times, like ``onnxruntime.InferenceSession``.
+
+    Args:
+        bundle: path of a bundle folder (default :data:`vcesdk.DEFAULT_BUNDLE`) or a loaded
+            :class:`~vcesdk.bundle.Bundle`.
+        providers: ONNX Runtime execution providers in order of preference, e.g.
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]; None tries TensorRT, CUDA, CPU.
+        intra_op_threads: ONNX Runtime intra-op threads (0 = its default).
+
+    Attributes:
+        bundle: the verified bundle.
+        provider: the execution provider that was chosen.
+        last_latency: the :class:`LatencyReport` of the last call.
+
+    Raises:
+        BundleError: the bundle is missing, malformed or altered.
+        ProviderError: an unknown or unavailable provider.
+    """
+
+    def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
+                 providers: Sequence[str] | None = None, intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        from . import DEFAULT_BUNDLE
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
+            DEFAULT_BUNDLE if bundle is None else bundle)
+        chosen = resolve_providers(providers)
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        model = self.bundle.file("model", "onnx")
+        self._session = ort.InferenceSession(str(model), sess_options=opts, providers=chosen)
+        self.provider = self._session.get_providers()[0]
+        self._input_name = self._session.get_inputs()[0].name
+        self.last_latency: LatencyReport | None = None
+        _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name, self.bundle.phase,
+                     self.bundle.manifest["method"], self.provider)
+
+    def predict_windows(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a batch of windows in model values.
+
+        Args:
+            batch: float32 (B, C, d, h, w) in [-1, 1], channels as the manifest's windows.
+
+        Returns:
+            float32 (B, C', d, h, w) model output in [-1, 1].
+        """
+        (out,) = self._session.run(None, {self._input_name: np.ascontiguousarray(
+            batch, dtype=np.float32)})
+        return out
+
+    def plan(self, shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int],
+                                                   tuple[int, int, int]]:
+        """Padded shape, window and stride used for a model-grid volume of `shape` (D, H, W)."""
+        b = self.bundle
+        d = b.window[0]
+        padded = [max(_round_up(int(shape[0]), b.multiple_of[0]), d)]
+        window = [d]
+        stride = [b.stride[0]]
+        for axis in (1, 2):
+            size = b.window[axis]
+            n = _round_up(int(shape[axis]), b.multiple_of[axis])
+            if size is None:  # whole plane
+                padded.append(n)
+                window.append(n)
+                stride.append(n)
+            else:
+                padded.append(max(n, size))
+                window.append(size)
+                stride.append(b.stride[axis] or size)
+        return tuple(padded), tuple(window), tuple(stride)  # type: ignore[return-value]
+
+    def synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None = None
+                   ) -> CTVolume:
+        """Synthesize the bundle's contrast phase from a non-contrast volume.
+
+        Args:
+            vol: NCCT, float32 HU (D, H, W), any spacing and orientation.
+            progress: called as progress(windows_done, windows_total).
+
+        Returns:
+            sCECT, float32 HU (D, H, W) on the input's grid (same shape, spacing, origin,
+            direction, source headers). The input is not modified.
+
+        Raises:
+            InputError: the volume holds NaN or infinite values.
+        """
+        t0 = time.perf_counter()
+        b = self.bundle
+        if not np.all(np.isfinite(vol.hu)):
+            raise InputError("input volume holds NaN or infinite values; fix or mask them "
+                             "before synthesis")
+        work = vol if b.resample_mm is None else resample_volume(
+            vol, b.resample_mm, default_hu=b.pad_hu)
+        shape = work.shape
+        padded, window, stride = self.plan(shape)
+        channels = hu_to_channels(work.hu, b.windows)
+        if padded != shape:
+            pad_values = hu_to_channels(np.float32([b.pad_hu]), b.windows)[:, 0]
+            full = np.empty((len(b.windows), *padded), dtype=np.float32)
+            full[:] = pad_values[:, None, None, None]
+            full[:, :shape[0], :shape[1], :shape[2]] = channels
+            channels = full
+        n_windows = len(window_grid(padded, window, stride))
+        times: list[tuple[float, int]] = []
+        done = [0]
+
+        def predictor(batch: np.ndarray) -> np.ndarray:
+            t = time.perf_counter()
+            out = self.predict_windows(batch)
+            times.append((time.perf_counter() - t, len(batch)))
+            return out
+
+        def on_progress(n: int) -> None:
+            done[0] = n
+            if progress is not None:
+                progress(n, n_windows)
+
+        stitched = sliding_window(channels, predictor, window, stride, blend=b.blend,  # type: ignore
+                                  batch_size=max(1, b.batch_size), progress=on_progress)
+        pred = channels_to_hu(stitched[b.output_channel, :shape[0], :shape[1], :shape[2]],
+                              b.output_hu)
+        lo, hi = b.output_hu
+        if b.compose == "add_difference":
+            delta = pred - np.clip(work.hu, lo, hi)
+            if b.resample_mm is not None:
+                delta = resample_volume(work.with_hu(delta), (), reference=vol,
+                                        default_hu=0.0).hu
+            out = vol.hu + delta
+        else:
+            out = pred
+            if b.resample_mm is not None:
+                out = resample_volume(work.with_hu(pred), (), reference=vol,
+                                      default_hu=b.pad_hu).hu
+        total = time.perf_counter() - t0
+        per_window = [t / n for t, n in times]
+        model_s = sum(t for t, _ in times)
+        depth = vol.shape[0]
+        self.last_latency = LatencyReport(
+            backend=self.provider, slices=depth, windows=n_windows, total_s=total,
+            model_s=model_s,
+            median_ms_per_slice=1e3 * statistics.median(per_window) * n_windows / depth,
+            end_to_end_ms_per_slice=1e3 * total / depth)
+        return vol.with_hu(out.astype(np.float32, copy=False))

@@ -1,0 +1,250 @@
+"""CT volumes in HU and their reading and writing (DICOM series, NIfTI, NRRD, MHA).
+
+Conventions (the "HU in, HU out" contract):
+    * ``hu`` is float32 with axis order (D, H, W) = (slice, row, column), Hounsfield units.
+    * ``spacing_mm`` is (z, y, x) in millimetres: slice spacing, row spacing, column spacing.
+    * ``origin_mm`` is the patient-space position (x, y, z) in mm (DICOM LPS) of voxel
+      [0, 0, 0], as DICOM's ImagePositionPatient of the first slice and ITK's origin.
+    * ``direction`` is a 3 x 3 matrix whose columns are the LPS unit vectors along the column
+      index (x), row index (y) and slice index (z), as ITK's direction matrix.
+
+DICOM goes through pydicom; NIfTI, NRRD and MHA through SimpleITK.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError, VolumeReadError, VolumeWriteError
+from .fileio import atomic_output
+
+_logger = logging.getLogger(__name__)
+
+ITK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+FORMATS: dict[str, str] = {"dicom": "", "nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+
+
+@dataclasses.dataclass
+class CTVolume:
+    """A CT volume in Hounsfield units with its patient-space geometry.
+
+    Attributes:
+        hu: float32 (D, H, W), HU.
+        spacing_mm: (z, y, x) voxel spacing in mm.
+        origin_mm: (x, y, z) LPS position in mm of voxel [0, 0, 0].
+        direction: float64 (3, 3); columns are the LPS directions of the x, y and z index axes.
+        source_headers: one pydicom Dataset per slice (pixel data removed), in slice order, when
+            the volume came from DICOM; None otherwise.
+    """
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
+    source_headers: list | None = None
+
+    def __post_init__(self) -> None:
+        hu = np.asarray(self.hu)
+        if hu.ndim != 3 or min(hu.shape) < 1:
+            raise InputError(f"CTVolume.hu must be a non-empty 3-D array (D, H, W), got shape "
+                             f"{hu.shape}")
+        if not (np.issubdtype(hu.dtype, np.floating) or np.issubdtype(hu.dtype, np.integer)):
+            raise InputError(f"CTVolume.hu must be numeric, got dtype {hu.dtype}")
+        self.hu = hu.astype(np.float32, copy=False)
+        spacing = tuple(float(s) for s in self.spacing_mm)
+        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise InputError(f"spacing_mm must be three positive numbers (z, y, x), got "
+                             f"{self.spacing_mm!r}")
+        self.spacing_mm = spacing  # type: ignore[assignment]
+        origin = tuple(float(o) for o in self.origin_mm)
+        if len(origin) != 3:
+            raise InputError(f"origin_mm must be (x, y, z), got {self.origin_mm!r}")
+        self.origin_mm = origin  # type: ignore[assignment]
+        direction = np.asarray(self.direction, dtype=np.float64)
+        if direction.shape != (3, 3):
+            raise InputError(f"direction must be a 3 x 3 matrix, got shape {direction.shape}")
+        self.direction = direction
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(D, H, W) in voxels."""
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    def with_hu(self, hu: np.ndarray) -> "CTVolume":
+        """A new volume with the same geometry and source headers and different voxel values.
+
+        Raises:
+            InputError: `hu` does not have this volume's shape.
+        """
+        if tuple(np.shape(hu)) != self.shape:
+            raise InputError(f"new HU array has shape {np.shape(hu)}, volume has {self.shape}")
+        return dataclasses.replace(self, hu=np.asarray(hu, dtype=np.float32))
+
+    def to_sitk(self):
+        """This volume as a SimpleITK image (float32 HU, same geometry)."""
+        import SimpleITK as sitk
+
+        img = sitk.GetImageFromArray(self.hu)
+        img.SetSpacing(tuple(reversed(self.spacing_mm)))
+        img.SetOrigin(self.origin_mm)
+        img.SetDirection(tuple(self.direction.ravel()))
+        return img
+
+    @classmethod
+    def from_sitk(cls, img) -> "CTVolume":
+        """A volume from a 3-D SimpleITK image (voxel values taken as HU).
+
+        Raises:
+            VolumeReadError: the image is not 3-D scalar.
+        """
+        import SimpleITK as sitk
+
+        if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+            raise VolumeReadError(f"expected a 3-D scalar image, got {img.GetDimension()}-D with "
+                                  f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
+        hu = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
+        return cls(hu=hu, spacing_mm=tuple(reversed(img.GetSpacing())),
+                   origin_mm=img.GetOrigin(),
+                   direction=np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3))
+
+
+def _itk_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix in ITK_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+    """Read a CT volume in HU from a DICOM series folder or a NIfTI / NRRD / MHA file.
+
+    DICOM slices are sorted by their position along the slice normal and RescaleSlope /
+    RescaleIntercept are applied; see :func:`vcesdk.dicom.read_dicom_series`.
+
+    Args:
+        path: a folder holding one DICOM series (or several: the largest CT series is taken,
+            or the one with `series_uid`), a single DICOM file's folder, or an image file.
+        series_uid: SeriesInstanceUID to select in a folder holding several series.
+
+    Returns:
+        The volume, float32 HU (D, H, W), spacing (z, y, x) mm.
+
+    Raises:
+        VolumeReadError: missing path, unknown format, or unreadable content.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VolumeReadError(f"input not found: {p}")
+    if p.is_dir():
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(p, series_uid=series_uid)
+    if _itk_suffix(p) is not None:
+        import SimpleITK as sitk
+
+        try:
+            img = sitk.ReadImage(str(p))
+        except RuntimeError as exc:
+            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise VolumeReadError(f"cannot read {p}: {msg}") from None
+        return CTVolume.from_sitk(img)
+    if p.suffix.lower() in (".dcm", "") or p.suffix.lower() == ".ima":
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(p.parent, series_uid=series_uid)
+    raise VolumeReadError(f"unknown volume format for {p}: expected a DICOM folder or a file "
+                          f"ending in one of {', '.join(ITK_SUFFIXES)}")
+
+
+def output_path(directory: str | os.PathLike, stem: str, fmt: str) -> Path:
+    """Path of a volume named `stem` in `directory` for format fmt (dicom -> a folder).
+
+    Raises:
+        InputError: unknown format.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return Path(directory) / f"{stem}{FORMATS[fmt]}"
+
+
+def write_volume(vol: CTVolume, path: str | os.PathLike, like: CTVolume | None = None,
+                 series_description: str = "SYNTHETIC", overwrite: bool = False) -> Path:
+    """Write a volume as a DICOM series (a folder) or as NIfTI / NRRD / MHA (by extension).
+
+    The output is written to a temporary sibling and renamed into place, so a failure leaves
+    nothing behind and an existing path is never half-overwritten.
+
+    Args:
+        vol: the volume to write (float32 HU).
+        path: a folder for a DICOM series (no image suffix), or a file ending in .nii.gz,
+            .nii, .nrrd or .mha.
+        like: the volume whose DICOM headers give the study, patient and frame-of-reference
+            tags of a DICOM output (defaults to `vol` itself); ignored for other formats.
+        series_description: DICOM SeriesDescription; always starts with "SYNTHETIC".
+        overwrite: replace an existing output instead of refusing.
+
+    Returns:
+        The path written.
+
+    Raises:
+        VolumeWriteError: the path exists (and not `overwrite`) or writing failed.
+    """
+    p = Path(path)
+    suffix = _itk_suffix(p)
+    if suffix is None:
+        from .dicom import write_dicom_series
+
+        with atomic_output(p, is_dir=True, overwrite=overwrite) as tmp:
+            write_dicom_series(vol, tmp, like=like, series_description=series_description)
+        return p
+    import SimpleITK as sitk
+
+    with atomic_output(p, is_dir=False, overwrite=overwrite, suffix=suffix) as tmp:
+        try:
+            sitk.WriteImage(vol.to_sitk(), str(tmp), useCompression=suffix != ".nii")
+        except RuntimeError as exc:
+            raise VolumeWriteError(f"cannot write {p}: {str(exc).strip().splitlines()[-1]}"
+                                   ) from None
+    return p
+
+
+def resample_volume(vol: CTVolume, spacing_mm: Sequence[float], size: Sequence[int] | None = None,
+                    reference: CTVolume | None = None, default_hu: float = -1024.0) -> CTVolume:
+    """Resample a volume (linear interpolation, SimpleITK) to a new grid.
+
+    Args:
+        vol: volume to resample.
+        spacing_mm: (z, y, x) target spacing in mm (ignored when `reference` is given).
+        size: (D, H, W) target size; by default the extent of `vol` is kept.
+        reference: a volume whose grid (size, spacing, origin, direction) is the target.
+        default_hu: value outside the input's extent.
+
+    Returns:
+        The resampled volume (no source headers).
+    """
+    import SimpleITK as sitk
+
+    img = vol.to_sitk()
+    f = sitk.ResampleImageFilter()
+    f.SetInterpolator(sitk.sitkLinear)
+    f.SetDefaultPixelValue(float(default_hu))
+    f.SetOutputPixelType(sitk.sitkFloat32)
+    if reference is not None:
+        f.SetReferenceImage(reference.to_sitk())
+    else:
+        new_spacing = tuple(float(s) for s in spacing_mm)
+        if size is None:
+            size = tuple(max(1, int(round(n * s / t)))
+                         for n, s, t in zip(vol.shape, vol.spacing_mm, new_spacing))
+        f.SetOutputSpacing(tuple(reversed(new_spacing)))
+        f.SetSize([int(s) for s in reversed(tuple(size))])
+        f.SetOutputOrigin(vol.origin_mm)
+        f.SetOutputDirection(tuple(vol.direction.ravel()))
+    out = CTVolume.from_sitk(f.Execute(img))
+    return out
