@@ -1,0 +1,4 @@
+"""vcesdk.training: paired data (digital phantom), networks, methods, trainer.
+
+Needs the ``train`` extra (torch, PyYAML, SciPy).
+"""

@@ -45,6 +45,9 @@ def atomic_output(path: str | os.PathLike, is_dir: bool, overwrite: bool = False
         raise VolumeWriteError(f"cannot create output folder {parent}: {exc.strerror}") from None
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the output gets the usual permissions
     else:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".partial{suffix}",
                                     dir=parent)

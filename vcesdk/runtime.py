@@ -94,6 +94,77 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def plan_windows(bundle: Bundle, shape: Sequence[int]
+                 ) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]:
+    """Padded shape, window and stride for a model-grid volume of `shape` (D, H, W).
+
+    The volume is padded at the far end of each axis to the network's size multiples (and to
+    at least the window depth); an axis whose manifest window is null is one whole-plane
+    window.
+    """
+    d = bundle.window[0]
+    padded = [max(_round_up(int(shape[0]), bundle.multiple_of[0]), d)]
+    window = [d]
+    stride = [bundle.stride[0]]
+    for axis in (1, 2):
+        size = bundle.window[axis]
+        n = _round_up(int(shape[axis]), bundle.multiple_of[axis])
+        if size is None:
+            padded.append(n)
+            window.append(n)
+            stride.append(n)
+        else:
+            padded.append(max(n, size))
+            window.append(size)
+            stride.append(bundle.stride[axis] or size)
+    return tuple(padded), tuple(window), tuple(stride)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class ModelInput:
+    """A volume prepared for the model: on the bundle's grid, windowed to channels, padded.
+
+    Attributes:
+        work: the volume on the model grid (resampled when the bundle says so), HU.
+        channels: float32 (C, *padded) model input values.
+        window, stride: (d, h, w) window and stride for :func:`~vcesdk.stitch.sliding_window`.
+    """
+
+    work: CTVolume
+    channels: np.ndarray
+    window: tuple[int, int, int]
+    stride: tuple[int, int, int]
+
+    def windows(self, limit: int | None = None) -> np.ndarray:
+        """The first `limit` windows (all by default), float32 (N, C, d, h, w)."""
+        grid = window_grid(self.channels.shape[1:], self.window, self.stride)[:limit]
+        d, h, w = self.window
+        return np.stack([self.channels[:, z:z + d, y:y + h, x:x + w] for z, y, x in grid])
+
+
+def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
+    """Resample, window and pad a volume as the bundle's manifest declares.
+
+    Raises:
+        InputError: the volume holds NaN or infinite values.
+    """
+    if not np.all(np.isfinite(vol.hu)):
+        raise InputError("input volume holds NaN or infinite values; fix or mask them "
+                         "before synthesis")
+    work = vol if bundle.resample_mm is None else resample_volume(
+        vol, bundle.resample_mm, default_hu=bundle.pad_hu)
+    shape = work.shape
+    padded, window, stride = plan_windows(bundle, shape)
+    channels = hu_to_channels(work.hu, bundle.windows)
+    if padded != shape:
+        pad_values = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
+        full = np.empty((len(bundle.windows), *padded), dtype=np.float32)
+        full[:] = pad_values[:, None, None, None]
+        full[:, :shape[0], :shape[1], :shape[2]] = channels
+        channels = full
+    return ModelInput(work=work, channels=channels, window=window, stride=stride)
+
+
 class Synthesizer:
     """Turns a non-contrast CT into a synthetic contrast-enhanced CT with one model bundle.
 
@@ -150,27 +221,6 @@ class Synthesizer:
             batch, dtype=np.float32)})
         return out
 
-    def plan(self, shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int],
-                                                   tuple[int, int, int]]:
-        """Padded shape, window and stride used for a model-grid volume of `shape` (D, H, W)."""
-        b = self.bundle
-        d = b.window[0]
-        padded = [max(_round_up(int(shape[0]), b.multiple_of[0]), d)]
-        window = [d]
-        stride = [b.stride[0]]
-        for axis in (1, 2):
-            size = b.window[axis]
-            n = _round_up(int(shape[axis]), b.multiple_of[axis])
-            if size is None:  # whole plane
-                padded.append(n)
-                window.append(n)
-                stride.append(n)
-            else:
-                padded.append(max(n, size))
-                window.append(size)
-                stride.append(b.stride[axis] or size)
-        return tuple(padded), tuple(window), tuple(stride)  # type: ignore[return-value]
-
     def synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None = None
                    ) -> CTVolume:
         """Synthesize the bundle's contrast phase from a non-contrast volume.
@@ -188,20 +238,10 @@ class Synthesizer:
         """
         t0 = time.perf_counter()
         b = self.bundle
-        if not np.all(np.isfinite(vol.hu)):
-            raise InputError("input volume holds NaN or infinite values; fix or mask them "
-                             "before synthesis")
-        work = vol if b.resample_mm is None else resample_volume(
-            vol, b.resample_mm, default_hu=b.pad_hu)
+        prep = prepare_model_input(b, vol)
+        work, window, stride = prep.work, prep.window, prep.stride
         shape = work.shape
-        padded, window, stride = self.plan(shape)
-        channels = hu_to_channels(work.hu, b.windows)
-        if padded != shape:
-            pad_values = hu_to_channels(np.float32([b.pad_hu]), b.windows)[:, 0]
-            full = np.empty((len(b.windows), *padded), dtype=np.float32)
-            full[:] = pad_values[:, None, None, None]
-            full[:, :shape[0], :shape[1], :shape[2]] = channels
-            channels = full
+        padded = prep.channels.shape[1:]
         n_windows = len(window_grid(padded, window, stride))
         times: list[tuple[float, int]] = []
         done = [0]
@@ -217,7 +257,7 @@ class Synthesizer:
             if progress is not None:
                 progress(n, n_windows)
 
-        stitched = sliding_window(channels, predictor, window, stride, blend=b.blend,  # type: ignore
+        stitched = sliding_window(prep.channels, predictor, window, stride, blend=b.blend,  # type: ignore
                                   batch_size=max(1, b.batch_size), progress=on_progress)
         pred = channels_to_hu(stitched[b.output_channel, :shape[0], :shape[1], :shape[2]],
                               b.output_hu)

@@ -85,11 +85,12 @@ class CTVolume:
             raise InputError(f"new HU array has shape {np.shape(hu)}, volume has {self.shape}")
         return dataclasses.replace(self, hu=np.asarray(hu, dtype=np.float32))
 
-    def to_sitk(self):
-        """This volume as a SimpleITK image (float32 HU, same geometry)."""
+    def to_sitk(self, int16: bool = False):
+        """This volume as a SimpleITK image (float32 HU, or int16 HU rounded), same geometry."""
         import SimpleITK as sitk
 
-        img = sitk.GetImageFromArray(self.hu)
+        arr = np.clip(np.rint(self.hu), -32768, 32767).astype(np.int16) if int16 else self.hu
+        img = sitk.GetImageFromArray(arr)
         img.SetSpacing(tuple(reversed(self.spacing_mm)))
         img.SetOrigin(self.origin_mm)
         img.SetDirection(tuple(self.direction.ravel()))
@@ -174,7 +175,8 @@ def output_path(directory: str | os.PathLike, stem: str, fmt: str) -> Path:
 
 
 def write_volume(vol: CTVolume, path: str | os.PathLike, like: CTVolume | None = None,
-                 series_description: str = "SYNTHETIC", overwrite: bool = False) -> Path:
+                 series_description: str = "SYNTHETIC", overwrite: bool = False,
+                 float32: bool = False) -> Path:
     """Write a volume as a DICOM series (a folder) or as NIfTI / NRRD / MHA (by extension).
 
     The output is written to a temporary sibling and renamed into place, so a failure leaves
@@ -188,6 +190,8 @@ def write_volume(vol: CTVolume, path: str | os.PathLike, like: CTVolume | None =
             tags of a DICOM output (defaults to `vol` itself); ignored for other formats.
         series_description: DICOM SeriesDescription; always starts with "SYNTHETIC".
         overwrite: replace an existing output instead of refusing.
+        float32: keep float32 voxels in NIfTI / NRRD / MHA; by default HU are rounded to
+            int16 as in DICOM (smaller files, what radiology tools expect).
 
     Returns:
         The path written.
@@ -207,7 +211,7 @@ def write_volume(vol: CTVolume, path: str | os.PathLike, like: CTVolume | None =
 
     with atomic_output(p, is_dir=False, overwrite=overwrite, suffix=suffix) as tmp:
         try:
-            sitk.WriteImage(vol.to_sitk(), str(tmp), useCompression=suffix != ".nii")
+            sitk.WriteImage(vol.to_sitk(int16=not float32), str(tmp), useCompression=suffix != ".nii")
         except RuntimeError as exc:
             raise VolumeWriteError(f"cannot write {p}: {str(exc).strip().splitlines()[-1]}"
                                    ) from None

@@ -1,0 +1,50 @@
+"""Paired training data from the digital phantom: random crops of (NCCT channels, target)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from vcesdk.intensity import Window, hu_to_channels, hu_to_output
+
+from .phantom import make_phantom
+
+
+class PhantomPairs:
+    """A fixed set of phantom patients and random aligned crops from them.
+
+    Args:
+        seeds: one phantom patient per seed.
+        phase: target phase ("pvp").
+        windows: input windows (model channels).
+        output_hu: (lo, hi) HU mapped to the output range [-1, 1].
+        shape, spacing_mm, noise_hu: phantom settings (see :func:`make_phantom`).
+
+    Items are float32 ``x`` (C, d, h, w) and ``y`` (1, d, h, w) in [-1, 1].
+    """
+
+    def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
+                 output_hu: Sequence[float], shape: Sequence[int], spacing_mm: Sequence[float],
+                 noise_hu: float) -> None:
+        self.cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm, noise_hu=noise_hu,
+                                   phases=("ncct", phase)) for s in seeds]
+        self.phase = phase
+        self.x = [hu_to_channels(c.phases["ncct"], windows) for c in self.cases]
+        self.y = [hu_to_output(c.phases[phase], output_hu)[None] for c in self.cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, crop: Sequence[int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of random aligned crops: x (B, C, d, h, w), y (B, 1, d, h, w)."""
+        xs, ys = [], []
+        for _ in range(batch_size):
+            i = int(rng.integers(len(self.cases)))
+            D, H, W = self.x[i].shape[1:]
+            d, h, w = (min(int(c), n) for c, n in zip(crop, (D, H, W)))
+            z0, y0, x0 = (int(rng.integers(n - c + 1)) for n, c in zip((D, H, W), (d, h, w)))
+            sl = (slice(None), slice(z0, z0 + d), slice(y0, y0 + h), slice(x0, x0 + w))
+            xs.append(self.x[i][sl])
+            ys.append(self.y[i][sl])
+        return np.stack(xs), np.stack(ys)

@@ -1,0 +1,109 @@
+"""Training methods: each a short class saying what is different about it (networks, losses,
+step). The loop that drives them is :mod:`vcesdk.training.trainer`."""
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .networks import create_discriminator, create_generator
+from .recipe import Recipe
+
+_METHODS: dict[str, Callable[..., "Method"]] = {}
+
+
+def register_method(name: str) -> Callable:
+    """Class decorator: make a method constructible by name."""
+    def deco(cls):
+        _METHODS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def create_method(recipe: Recipe) -> "Method":
+    """The method named by ``recipe.method``.
+
+    Raises:
+        ValueError: unknown method (the message lists the registered ones).
+    """
+    if recipe.method not in _METHODS:
+        raise ValueError(f"unknown method {recipe.method!r}; registered: "
+                         f"{', '.join(sorted(_METHODS))}")
+    return _METHODS[recipe.method](recipe)
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class: owns the networks and optimisers; ``train_step`` does one update."""
+
+    name = "base"
+    generator: nn.Module
+
+    @abc.abstractmethod
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; returns the losses as floats."""
+
+    def on_step_end(self, step: int) -> None:
+        """Called after each step (learning-rate schedules)."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers (for checkpointing)."""
+        return {}
+
+
+@register_method("pix2pix3d")
+class Pix2Pix3D(Method):
+    """pix2pix3D (Choi et al. 2021, seed 003): conditional GAN + 100 x L1.
+
+    Generator and discriminator from the recipe's registry entries; Adam (lr 2e-4, beta1 0.5 in
+    the paper), learning rate x0.1 every ``optim.decay_every`` steps (the paper: after epoch
+    10 of 20); one-sided label smoothing (real label ``loss.real_label``, 0.9 here).
+    """
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.generator = create_generator(recipe.generator["name"], recipe.generator["config"])
+        self.discriminator = create_discriminator(recipe.discriminator["name"],
+                                                  recipe.discriminator["config"])
+        o = recipe.optim
+        betas = tuple(o.get("betas", (0.5, 0.999)))
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o["lr"], betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o["lr"], betas=betas)
+        every = int(o.get("decay_every", 0)) or 10**9
+        self.sched = [torch.optim.lr_scheduler.StepLR(opt, every, o.get("decay_factor", 0.1))
+                      for opt in (self.opt_g, self.opt_d)]
+        self.l1_weight = float(recipe.loss.get("l1_weight", 100.0))
+        self.gan_weight = float(recipe.loss.get("gan_weight", 1.0))
+        self.real_label = float(recipe.loss.get("real_label", 0.9))
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        fake = self.generator(x)
+        # discriminator: real pairs -> real_label (one-sided smoothing), fake pairs -> 0
+        self.opt_d.zero_grad(set_to_none=True)
+        d_real = self.discriminator(torch.cat([x, y], 1))
+        d_fake = self.discriminator(torch.cat([x, fake.detach()], 1))
+        loss_d = 0.5 * (self.bce(d_real, torch.full_like(d_real, self.real_label))
+                        + self.bce(d_fake, torch.zeros_like(d_fake)))
+        loss_d.backward()
+        self.opt_d.step()
+        # generator: fool D + l1_weight x L1
+        self.opt_g.zero_grad(set_to_none=True)
+        d_fake = self.discriminator(torch.cat([x, fake], 1))
+        loss_gan = self.bce(d_fake, torch.ones_like(d_fake))
+        loss_l1 = (fake - y).abs().mean()
+        loss_g = self.gan_weight * loss_gan + self.l1_weight * loss_l1
+        loss_g.backward()
+        self.opt_g.step()
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "loss_gan": loss_gan.item(),
+                "l1": loss_l1.item()}
+
+    def on_step_end(self, step: int) -> None:
+        for s in self.sched:
+            s.step()

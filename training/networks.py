@@ -1,0 +1,199 @@
+"""Networks and their registry (``@register_generator`` / ``create_generator``, as timm).
+
+pix2pix3D (Choi et al. 2021, seed 003, "Deep learning model development" and Supplementary
+Fig. S1):
+    * generator: 3D U-Net. Encoder block = strided conv3d + LeakyReLU(0.2) + InstanceNorm;
+      decoder block = nearest-neighbour upsample + conv3d (resize-convolution, against
+      checkerboard artefacts) + ReLU + InstanceNorm, then concatenation with encoder block
+      n - i; output Tanh.
+    * discriminator: 3D PatchGAN whose conv module is the generator's encoder block.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+_GENERATORS: dict[str, Callable[..., nn.Module]] = {}
+_DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_generator(name: str) -> Callable:
+    """Class decorator: make a generator constructible by name from a config dict."""
+    def deco(cls):
+        if name in _GENERATORS:
+            raise ValueError(f"generator {name!r} registered twice")
+        _GENERATORS[name] = cls
+        return cls
+    return deco
+
+
+def register_discriminator(name: str) -> Callable:
+    """Class decorator: make a discriminator constructible by name from a config dict."""
+    def deco(cls):
+        if name in _DISCRIMINATORS:
+            raise ValueError(f"discriminator {name!r} registered twice")
+        _DISCRIMINATORS[name] = cls
+        return cls
+    return deco
+
+
+def _create(table: dict, kind: str, name: str, cfg: dict[str, Any]) -> nn.Module:
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
+    return table[name](**cfg)
+
+
+def create_generator(name: str, cfg: dict[str, Any] | None = None) -> nn.Module:
+    """Build a registered generator from its config (keyword arguments of its class).
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones).
+    """
+    return _create(_GENERATORS, "generator", name, dict(cfg or {}))
+
+
+def create_discriminator(name: str, cfg: dict[str, Any] | None = None) -> nn.Module:
+    """Build a registered discriminator from its config.
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones).
+    """
+    return _create(_DISCRIMINATORS, "discriminator", name, dict(cfg or {}))
+
+
+def _norm3d(channels: int) -> nn.Module:
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+class EncoderBlock3d(nn.Sequential):
+    """Strided conv3d (kernel 4, padding 1) + LeakyReLU(0.2) + InstanceNorm (Choi et al.)."""
+
+    def __init__(self, cin: int, cout: int, stride: Sequence[int], norm: bool = True) -> None:
+        kernel = tuple(4 if s == 2 else 3 for s in stride)
+        layers: list[nn.Module] = [
+            nn.Conv3d(cin, cout, kernel, stride=tuple(stride), padding=1),
+            nn.LeakyReLU(0.2, inplace=True)]
+        if norm:
+            layers.append(_norm3d(cout))
+        super().__init__(*layers)
+
+
+class DecoderBlock3d(nn.Module):
+    """Nearest upsample + conv3d (resize-convolution) + ReLU + InstanceNorm, then skip concat."""
+
+    def __init__(self, cin: int, cout: int, scale: Sequence[int]) -> None:
+        super().__init__()
+        self.scale = tuple(float(s) for s in scale)
+        self.conv = nn.Conv3d(cin, cout, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.norm = _norm3d(cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
+        x = self.norm(self.act(self.conv(x)))
+        return x if skip is None else torch.cat([x, skip], dim=1)
+
+
+@register_generator("unet3d")
+class UNet3D(nn.Module):
+    """pix2pix3D generator (Choi et al. 2021): 3D U-Net with resize-convolution and Tanh.
+
+    Args:
+        in_channels: input channels (3 windows in the paper).
+        out_channels: output channels.
+        base: channels of the first encoder block; doubled per level up to max_channels.
+        strides: per-level (z, y, x) downsampling strides (2 or 1); their product per axis is
+            the size divisor (see :meth:`size_multiple`). The paper uses 2 on every axis.
+        max_channels: channel cap.
+
+    Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
+    of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
+                 strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,
+                 max_channels: int = 512) -> None:
+        super().__init__()
+        strides = [tuple(int(v) for v in s) for s in strides]
+        if not strides or any(len(s) != 3 or any(v not in (1, 2) for v in s) for s in strides):
+            raise ValueError(f"strides must be a list of (z, y, x) triples of 1 or 2, got "
+                             f"{strides}")
+        chans = [min(base * 2 ** i, max_channels) for i in range(len(strides))]
+        self.strides = strides
+        self.encoders = nn.ModuleList()
+        cin = in_channels
+        for i, (c, s) in enumerate(zip(chans, strides)):
+            self.encoders.append(EncoderBlock3d(cin, c, s, norm=i > 0))
+            cin = c
+        self.decoders = nn.ModuleList()
+        # decoder i upsamples the output of level n-i and concatenates encoder level n-i-1
+        for i in range(len(strides) - 1, 0, -1):
+            cout = chans[i - 1]
+            self.decoders.append(DecoderBlock3d(cin, cout, strides[i]))
+            cin = cout + chans[i - 1]
+        self.final_scale = tuple(float(v) for v in strides[0])
+        self.final = nn.Conv3d(cin, out_channels, 3, padding=1)
+
+    def size_multiple(self) -> tuple[int, int, int]:
+        """(d, h, w) divisor every input size must be a multiple of."""
+        m = [1, 1, 1]
+        for s in self.strides:
+            m = [a * b for a, b in zip(m, s)]
+        return tuple(m)  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck is x itself
+        for dec in self.decoders:
+            x = dec(x, skips.pop())
+        x = nn.functional.interpolate(x, scale_factor=self.final_scale, mode="nearest")
+        return torch.tanh(self.final(x))
+
+
+@register_discriminator("patchgan3d")
+class PatchGAN3D(nn.Module):
+    """3D PatchGAN (pix2pix; Choi et al. 2021): conditional, on (input, output) concatenated.
+
+    Args:
+        in_channels: channels of input + output concatenated.
+        base: channels of the first block, doubled per block (cap 512).
+        strides: per-block (z, y, x) strides; the paper's 70 x 70 x 4 receptive field comes
+            from three stride-2 blocks in-plane.
+
+    Returns logits (B, 1, d', h', w'), one per patch (no sigmoid; use BCE-with-logits).
+    """
+
+    def __init__(self, in_channels: int = 4, base: int = 64,
+                 strides: Sequence[Sequence[int]] = ((1, 2, 2), (2, 2, 2), (2, 2, 2))) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, s in enumerate(strides):
+            c = min(base * 2 ** i, 512)
+            layers.append(EncoderBlock3d(cin, c, s, norm=i > 0))
+            cin = c
+        layers.append(EncoderBlock3d(cin, min(cin * 2, 512), (1, 1, 1)))
+        layers.append(nn.Conv3d(min(cin * 2, 512), 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """A registered network's name and constructor config, as stored in checkpoints."""
+
+    name: str
+    config: dict
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,176 @@
+"""The training loop: one small module that drives any :class:`~.methods.Method`.
+
+Checkpoints hold the generator/discriminator/optimiser state, the step, the resolved recipe and
+the generator's registry name and config, as plain tensors, numbers and strings, so they load
+with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vcesdk.intensity import channels_to_hu, windows_from_manifest
+
+from .data import PhantomPairs
+from .methods import Method, create_method
+from .recipe import Recipe
+
+_logger = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def generator_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the generator (eval mode) from a checkpoint dict."""
+    from .networks import create_generator
+
+    g = create_generator(ckpt["network"]["name"], ckpt["network"]["config"])
+    g.load_state_dict(ckpt["generator"])
+    return g.eval()
+
+
+class Trainer:
+    """Trains one recipe on phantom pairs, validating, logging and checkpointing as it goes.
+
+    Args:
+        recipe: the resolved recipe.
+        out_dir: run folder: checkpoint.pt, recipe.json, log.jsonl.
+        resume: continue from out_dir/checkpoint.pt when it exists.
+        progress: show a tqdm progress bar.
+    """
+
+    def __init__(self, recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True,
+                 progress: bool = True) -> None:
+        self.recipe = recipe
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        t = recipe.train
+        torch.manual_seed(int(t.get("seed", 0)))
+        self.rng = np.random.default_rng(int(t.get("seed", 0)))
+        self.method: Method = create_method(recipe)
+        d = recipe.data
+        self.windows = windows_from_manifest(recipe.model_io["windows"])
+        self.output_hu = tuple(recipe.model_io["hu_range"])
+        common = dict(phase=recipe.phase, windows=self.windows, output_hu=self.output_hu,
+                      shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"])
+        seed0 = int(d.get("seed", 0))
+        self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])), **common)
+        # validation patients use seeds never used in training
+        self.val_data = PhantomPairs(range(seed0 + 100_000, seed0 + 100_000 + int(d["n_val"])),
+                                     **common)
+        self.step = 0
+        self.history: list[dict] = []
+        ck = self.out / CHECKPOINT
+        if resume and ck.is_file():
+            self._restore(load_checkpoint(ck))
+        (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.method.generator.load_state_dict(ckpt["generator"])
+        if "discriminator" in ckpt and hasattr(self.method, "discriminator"):
+            self.method.discriminator.load_state_dict(ckpt["discriminator"])
+        for name, opt in self.method.optimizers().items():
+            if name in ckpt:
+                opt.load_state_dict(ckpt[name])
+        self.step = int(ckpt["step"])
+        for _ in range(self.step):
+            self.method.on_step_end(self.step)
+        _logger.info("resumed %s at step %d", self.out, self.step)
+
+    def checkpoint(self) -> Path:
+        """Write out_dir/checkpoint.pt atomically; returns its path."""
+        ckpt: dict[str, Any] = {
+            "step": self.step,
+            "generator": self.method.generator.state_dict(),
+            "network": {"name": self.recipe.generator["name"],
+                        "config": self.recipe.generator["config"]},
+            "recipe": self.recipe.to_dict(),
+        }
+        if hasattr(self.method, "discriminator"):
+            ckpt["discriminator"] = self.method.discriminator.state_dict()
+        for name, opt in self.method.optimizers().items():
+            ckpt[name] = opt.state_dict()
+        path = self.out / CHECKPOINT
+        tmp = path.with_suffix(".pt.partial")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean absolute error in HU of the generator and of the NCCT identity baseline on the
+        validation phantoms (whole volumes, cropped to the network's size multiple)."""
+        g = self.method.generator.eval()
+        mult = g.size_multiple() if hasattr(g, "size_multiple") else (1, 1, 1)
+        mae_model, mae_ident = [], []
+        for x, y, case in zip(self.val_data.x, self.val_data.y, self.val_data.cases):
+            D, H, W = (n - n % m for n, m in zip(x.shape[1:], mult))
+            xs = torch.from_numpy(np.ascontiguousarray(x[None, :, :D, :H, :W]))
+            pred = channels_to_hu(g(xs).numpy()[0, 0], self.output_hu)
+            target = case.phases[self.recipe.phase][:D, :H, :W]
+            ncct = case.phases["ncct"][:D, :H, :W]
+            mae_model.append(float(np.abs(pred - target).mean()))
+            mae_ident.append(float(np.abs(ncct - target).mean()))
+        g.train()
+        return {"val_mae_hu": float(np.mean(mae_model)),
+                "val_mae_hu_ncct": float(np.mean(mae_ident))}
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> list[dict]:
+        """Train to ``train.steps``; returns the logged records."""
+        t = self.recipe.train
+        steps, bs = int(t["steps"]), int(t["batch_size"])
+        val_every = int(t.get("val_every", 0))
+        ckpt_every = int(t.get("ckpt_every", 0))
+        crop = self.recipe.data["crop"]
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, initial=self.step, desc=f"train {self.recipe.name}",
+                       unit="step")
+        self.method.train()
+        t0 = time.perf_counter()
+        while self.step < steps:
+            x, y = self.train_data.sample(self.rng, bs, crop)
+            losses = self.method.train_step(torch.from_numpy(x), torch.from_numpy(y))
+            self.step += 1
+            self.method.on_step_end(self.step)
+            record = {"step": self.step, "time_s": round(time.perf_counter() - t0, 3), **losses}
+            if val_every and (self.step % val_every == 0 or self.step == steps):
+                record.update(self.validate())
+            self._log(record)
+            if ckpt_every and self.step % ckpt_every == 0:
+                self.checkpoint()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(l1=f"{losses.get('l1', float('nan')):.4f}")
+        if bar is not None:
+            bar.close()
+        self.checkpoint()
+        return self.history
