@@ -52,6 +52,10 @@ class Method(nn.Module, abc.ABC):
         """Named optimisers (for checkpointing)."""
         return {}
 
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """Named learning-rate schedulers (for checkpointing)."""
+        return {}
+
 
 @register_method("pix2pix3d")
 class Pix2Pix3D(Method):
@@ -73,8 +77,9 @@ class Pix2Pix3D(Method):
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o["lr"], betas=betas)
         every = int(o.get("decay_every", 0)) or 10**9
-        self.sched = [torch.optim.lr_scheduler.StepLR(opt, every, o.get("decay_factor", 0.1))
-                      for opt in (self.opt_g, self.opt_d)]
+        self.sched_g, self.sched_d = (
+            torch.optim.lr_scheduler.StepLR(opt, every, o.get("decay_factor", 0.1))
+            for opt in (self.opt_g, self.opt_d))
         self.l1_weight = float(recipe.loss.get("l1_weight", 100.0))
         self.gan_weight = float(recipe.loss.get("gan_weight", 1.0))
         self.real_label = float(recipe.loss.get("real_label", 0.9))
@@ -82,6 +87,9 @@ class Pix2Pix3D(Method):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {"sched_g": self.sched_g, "sched_d": self.sched_d}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         fake = self.generator(x)
@@ -105,5 +113,5 @@ class Pix2Pix3D(Method):
                 "l1": loss_l1.item()}
 
     def on_step_end(self, step: int) -> None:
-        for s in self.sched:
-            s.step()
+        self.sched_g.step()
+        self.sched_d.step()

@@ -90,12 +90,10 @@ class Trainer:
         self.method.generator.load_state_dict(ckpt["generator"])
         if "discriminator" in ckpt and hasattr(self.method, "discriminator"):
             self.method.discriminator.load_state_dict(ckpt["discriminator"])
-        for name, opt in self.method.optimizers().items():
+        for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             if name in ckpt:
-                opt.load_state_dict(ckpt[name])
+                obj.load_state_dict(ckpt[name])
         self.step = int(ckpt["step"])
-        for _ in range(self.step):
-            self.method.on_step_end(self.step)
         _logger.info("resumed %s at step %d", self.out, self.step)
 
     def checkpoint(self) -> Path:
@@ -109,8 +107,8 @@ class Trainer:
         }
         if hasattr(self.method, "discriminator"):
             ckpt["discriminator"] = self.method.discriminator.state_dict()
-        for name, opt in self.method.optimizers().items():
-            ckpt[name] = opt.state_dict()
+        for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
+            ckpt[name] = obj.state_dict()
         path = self.out / CHECKPOINT
         tmp = path.with_suffix(".pt.partial")
         torch.save(ckpt, tmp)
@@ -120,16 +118,28 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean absolute error in HU of the generator and of the NCCT identity baseline on the
-        validation phantoms (whole volumes, cropped to the network's size multiple)."""
+        validation phantoms. Whole volumes go through :func:`vcesdk.sliding_window` with the
+        recipe's inference window and stride, as the runtime runs them (cropped in-plane to
+        the network's size multiple)."""
+        from vcesdk.stitch import sliding_window
+
         g = self.method.generator.eval()
         mult = g.size_multiple() if hasattr(g, "size_multiple") else (1, 1, 1)
+        inf = self.recipe.inference
         mae_model, mae_ident = [], []
-        for x, y, case in zip(self.val_data.x, self.val_data.y, self.val_data.cases):
-            D, H, W = (n - n % m for n, m in zip(x.shape[1:], mult))
-            xs = torch.from_numpy(np.ascontiguousarray(x[None, :, :D, :H, :W]))
-            pred = channels_to_hu(g(xs).numpy()[0, 0], self.output_hu)
-            target = case.phases[self.recipe.phase][:D, :H, :W]
-            ncct = case.phases["ncct"][:D, :H, :W]
+
+        def predictor(batch: np.ndarray) -> np.ndarray:
+            return g(torch.from_numpy(batch)).numpy()
+
+        for x, case in zip(self.val_data.x, self.val_data.cases):
+            H, W = (n - n % m for n, m in zip(x.shape[2:], mult[1:]))
+            window = (int(inf["window_slices"]), H, W)
+            stride = (int(inf["stride"][0]), H, W)
+            out = sliding_window(np.ascontiguousarray(x[:, :, :H, :W]), predictor, window,
+                                 stride, blend=inf["blend"], batch_size=2)
+            pred = channels_to_hu(out[0], self.output_hu)
+            target = case.phases[self.recipe.phase][:, :H, :W]
+            ncct = case.phases["ncct"][:, :H, :W]
             mae_model.append(float(np.abs(pred - target).mean()))
             mae_ident.append(float(np.abs(ncct - target).mean()))
         g.train()

@@ -1,0 +1,90 @@
+"""ONNX export, parity against eager PyTorch, and bundles made from checkpoints."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
+pytest.importorskip("onnx", reason="export tests need the export extra (onnx)")
+
+import vcesdk  # noqa: E402
+from vcesdk.errors import BundleError  # noqa: E402
+from vcesdk.export import export_bundle, export_onnx, onnx_parity  # noqa: E402
+from vcesdk.training.networks import create_generator  # noqa: E402
+from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
+
+from helpers import tiny_recipe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_generator():
+    torch.manual_seed(0)
+    return create_generator("unet3d", dict(in_channels=3, out_channels=1, base=8,
+                                           strides=[[2, 2, 2], [2, 2, 2], [1, 2, 2]])).eval()
+
+
+def test_onnx_export_dynamic_shapes_and_parity(small_generator, tmp_path):
+    import onnx
+
+    path = export_onnx(small_generator, tmp_path / "g.onnx", (1, 3, 8, 32, 32))
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "depth", "height", "width"]
+    assert model.opset_import[0].version == 17
+    rng = np.random.default_rng(0)
+    windows = [rng.uniform(-1, 1, (2, 3, 8, 48, 40)).astype(np.float32),
+               rng.uniform(-1, 1, (1, 3, 16, 64, 96)).astype(np.float32)]
+    parity = onnx_parity(small_generator, path, windows, (-1000, 1000))
+    assert parity["passed"] and parity["windows"] == 3
+    assert parity["max_abs_hu"] < 0.5
+
+
+def test_parity_detects_a_different_model(small_generator, tmp_path):
+    path = export_onnx(small_generator, tmp_path / "g.onnx", (1, 3, 8, 32, 32))
+    other = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=8,
+                                            strides=[[2, 2, 2], [2, 2, 2], [1, 2, 2]])).eval()
+    x = [np.random.default_rng(1).uniform(-1, 1, (1, 3, 8, 32, 32)).astype(np.float32)]
+    parity = onnx_parity(other, path, x, (-1000, 1000))
+    assert not parity["passed"] and parity["max_abs_hu"] > 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    Trainer(tiny_recipe(2), run, resume=False, progress=False).fit()
+    return load_checkpoint(run)
+
+
+def test_checkpoint_to_bundle_runs_in_the_runtime(tiny_checkpoint, abdomen_volume, tmp_path):
+    out = export_bundle(tiny_checkpoint, tmp_path / "bundle", abdomen_volume)
+    m = json.loads((out / "manifest.json").read_text())
+    par = m["files"]["model.onnx"]["parity"]
+    assert par["max_abs_hu"] <= par["tolerance_hu"] == 0.5
+    assert par["window_shape"][0] == 3 and par["windows"] >= 1
+    assert m["network"]["config"]["base"] == 8
+    assert m["build"]["torch"] == torch.__version__
+    # the weights file loads safely and reproduces the generator
+    state = torch.load(out / "generator.pt", weights_only=True)
+    assert state["network"]["name"] == "unet3d"
+    syn = vcesdk.Synthesizer(out)
+    result = syn.synthesize(abdomen_volume)
+    assert result.shape == abdomen_volume.shape
+    assert result.spacing_mm == abdomen_volume.spacing_mm
+    assert np.isfinite(result.hu).all()
+    # refuses to overwrite
+    with pytest.raises(vcesdk.errors.VolumeWriteError, match="already exists"):
+        export_bundle(tiny_checkpoint, out, abdomen_volume)
+
+
+def test_failed_parity_writes_nothing(tiny_checkpoint, abdomen_volume, tmp_path, monkeypatch):
+    import vcesdk.export.bundle_writer as bw
+
+    monkeypatch.setattr(bw, "FP32_TOLERANCE_HU", -1.0)
+    monkeypatch.setattr(bw, "onnx_parity", lambda *a, **k: {
+        "max_abs_hu": 3.0, "tolerance_hu": -1.0, "windows": 1, "passed": False,
+        "provider": "CPUExecutionProvider"})
+    with pytest.raises(BundleError, match="ONNX parity failed"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", abdomen_volume)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,100 @@
+"""Phantom data, pix2pix3D networks and the trainer (small CPU settings)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training tests need the train extra (torch)")
+
+from vcesdk.training.networks import create_discriminator, create_generator  # noqa: E402
+from vcesdk.training.phantom import LABELS, make_phantom  # noqa: E402
+from vcesdk.training.recipe import Recipe  # noqa: E402
+from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
+
+from helpers import tiny_recipe  # noqa: E402
+
+_LABEL = {v: k for k, v in LABELS.items()}
+
+
+def _mean(case, phase, tissue):
+    mask = case.labels == _LABEL[tissue]
+    # the interior only: erode by excluding partial-volume borders via the median
+    return float(np.median(case.phases[phase][mask]))
+
+
+def test_phantom_enhancement_patterns_and_determinism():
+    a = make_phantom(7, region="abdomen")
+    b = make_phantom(7, region="abdomen")
+    c = make_phantom(8, region="abdomen")
+    np.testing.assert_array_equal(a.phases["pvp"], b.phases["pvp"])
+    assert not np.array_equal(a.labels, c.labels)
+    assert a.phases["ncct"].shape == (24, 160, 160) and a.spacing_mm == (4.0, 2.0, 2.0)
+    # NCCT: blood ~40 HU, fat ~-100, bone high; PVP (Bae 2010): aorta, portal vein, kidney,
+    # liver enhance; fat and bone do not
+    assert 25 < _mean(a, "ncct", "aorta") < 55
+    assert _mean(a, "pvp", "aorta") - _mean(a, "ncct", "aorta") > 80
+    assert _mean(a, "pvp", "portal_vein") - _mean(a, "ncct", "portal_vein") > 80
+    assert 30 < _mean(a, "pvp", "liver") - _mean(a, "ncct", "liver") < 75
+    assert _mean(a, "pvp", "kidney") - _mean(a, "ncct", "kidney") > 90
+    assert abs(_mean(a, "pvp", "fat") - _mean(a, "ncct", "fat")) < 8
+    assert abs(_mean(a, "pvp", "cortical_bone") - _mean(a, "ncct", "cortical_bone")) < 30
+    air = a.labels == 0
+    assert abs(float(a.phases["ncct"][air].mean()) + 1000) < 10
+    chest = make_phantom(3, region="chest")
+    assert (chest.labels == _LABEL["lung"]).sum() > 0 and (chest.labels == _LABEL["liver"]).sum() == 0
+    assert _mean(chest, "pvp", "heart_chamber") - _mean(chest, "ncct", "heart_chamber") > 80
+
+
+def test_noise_is_spatially_correlated():
+    case = make_phantom(1, region="abdomen", noise_hu=20.0)
+    air = case.phases["ncct"][:, :8, :]  # air rows above the body: noise only
+    noise = air - air.mean()
+    lag1 = float((noise[:, :, 1:] * noise[:, :, :-1]).mean() / noise.var())
+    assert 0.3 < lag1 < 0.95  # white noise would give ~0
+
+
+def test_unet3d_shapes_and_registry_errors():
+    g = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=4,
+                                        strides=[[2, 2, 2], [2, 2, 2], [1, 2, 2]]))
+    assert g.size_multiple() == (4, 8, 8)
+    with torch.no_grad():
+        y = g(torch.zeros(2, 3, 8, 24, 32))
+    assert y.shape == (2, 1, 8, 24, 32)
+    assert float(y.abs().max()) <= 1.0  # Tanh output
+    d = create_discriminator("patchgan3d", dict(in_channels=4, base=4))
+    assert d(torch.zeros(1, 4, 8, 32, 32)).shape[1] == 1
+    with pytest.raises(ValueError, match="unknown generator 'unet2d'; registered: .*unet3d"):
+        create_generator("unet2d")
+
+
+def test_recipe_errors_name_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"missing \['data'"):
+        Recipe.from_dict({k: v for k, v in tiny_recipe(1).to_dict().items() if k != "data"})
+
+
+@pytest.mark.slow
+def test_training_loss_falls_and_output_moves_to_target(tmp_path):
+    torch.set_num_threads(2)
+    recipe = tiny_recipe(60)
+    trainer = Trainer(recipe, tmp_path / "run", resume=False, progress=False)
+    before = trainer.validate()
+    history = trainer.fit()
+    l1 = [h["l1"] for h in history]
+    assert np.mean(l1[-10:]) < 0.5 * np.mean(l1[:10])
+    after = history[-1]
+    assert after["val_mae_hu"] < 0.5 * before["val_mae_hu"]
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 60 and json.loads(lines[-1])["step"] == 60
+    # the checkpoint loads with weights_only=True and carries the resolved recipe
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 60 and ckpt["recipe"]["name"] == recipe.name
+    assert ckpt["network"]["config"]["base"] == 8
+    # resume continues from the stored step
+    resumed = Trainer(dataclasses.replace(recipe, train={**recipe.train, "steps": 65}),
+                      tmp_path / "run", resume=True, progress=False)
+    assert resumed.step == 60
+    resumed.fit()
+    assert load_checkpoint(tmp_path / "run")["step"] == 65
