@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import platform
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +53,13 @@ def _manifest(recipe: dict, network: dict, multiple_of: tuple[int, int, int], de
             "multiple_of": list(multiple_of),
             "resample": {"spacing_mm": [float(v) for v in res]} if res else None,
             "pad_hu": -1024.0,
+            "orientation": "LPS",
         },
         "output": {"channels": int(network["config"].get("out_channels", 1)), "channel": 0,
                    "value_range": [-1.0, 1.0],
                    "hu_range": [float(v) for v in recipe["model_io"]["hu_range"]],
-                   "compose": inf.get("compose", "replace")},
+                   "compose": inf.get("compose", "replace"),
+                   "difference_floor_hu": inf.get("difference_floor_hu")},
         "inference": {"stride": list(inf["stride"]), "blend": inf["blend"],
                       "batch_size": int(inf.get("batch_size", 1))},
         "network": network,
@@ -103,10 +104,8 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
     final = Path(out_dir)
     with atomic_output(final, is_dir=True, overwrite=overwrite) as tmp:
         d = int(recipe["inference"]["window_slices"])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*instance_norm.*")
-            export_onnx(gen, tmp / MODEL_FILE, (1, gen.encoders[0][0].in_channels, d,
-                                                multiple[1] * 4, multiple[2] * 4))
+        export_onnx(gen, tmp / MODEL_FILE, (1, gen.encoders[0][0].in_channels, d,
+                                            multiple[1] * 4, multiple[2] * 4))
         torch.save({"generator": gen.state_dict(), "network": network, "recipe": recipe,
                     "step": int(checkpoint.get("step", 0))}, tmp / WEIGHTS_FILE)
         manifest["files"] = {

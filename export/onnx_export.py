@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -45,7 +46,11 @@ def export_onnx(generator: torch.nn.Module, path: str | os.PathLike,
     generator = generator.eval()
     example = torch.zeros(tuple(int(v) for v in example_shape), dtype=torch.float32)
     axes = {0: "batch", 2: "depth", 3: "height", 4: "width"} if dynamic else None
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # InstanceNorm always normalises with the input's own statistics, so the exporter's
+        # "train=True" notice and its batch-size trace check are expected here.
+        warnings.filterwarnings("ignore", message=".*instance_norm.*")
+        warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python boolean.*")
         torch.onnx.export(
             generator, (example,), str(p), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

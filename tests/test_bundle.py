@@ -94,3 +94,15 @@ def test_providers_in_order_and_chosen_one_reported():
     expected = ("CUDAExecutionProvider" if "CUDAExecutionProvider"
                 in ort.get_available_providers() else "CPUExecutionProvider")
     assert syn.provider == expected
+
+
+def test_info_command_reports_bundle_and_kernel():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "vcesdk.cli", "info"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["phase"] == "pvp" and info["demo"] is True
+    assert info["native_kernel"]["native"] is True and info["native_kernel"]["openmp"] is True

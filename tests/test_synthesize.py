@@ -17,7 +17,7 @@ AORTA_ROI = {
     "lung1": (slice(4, 21), slice(405, 420), slice(310, 326)),
     "abdomen": (slice(80, 96), slice(50, 53), slice(52, 55)),
 }
-AORTA_GAIN_HU = 20.0  # demo model: sCECT must exceed NCCT in the aorta by at least this (median)
+AORTA_GAIN_HU = 5.0  # demo model: sCECT must exceed NCCT in the aorta by at least this (median)
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -126,3 +126,18 @@ def test_runtime_needs_no_torch(abdomen_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_orientation_does_not_change_the_result(abdomen_volume):
+    # the abdomen file is stored with flipped x and y (direction diag(-1, -1, 1)); the runtime
+    # reorients to the model's LPS axes, so the same anatomy stored LPS gives the same sCECT
+    from vcesdk.volume import orient_volume, orientation_code
+
+    assert orientation_code(abdomen_volume) == "RAS"
+    lps = orient_volume(abdomen_volume, "LPS")
+    assert orientation_code(lps) == "LPS"
+    np.testing.assert_array_equal(lps.hu, abdomen_volume.hu[:, ::-1, ::-1])
+    syn = vcesdk.Synthesizer()
+    a = syn.synthesize(abdomen_volume).hu
+    b = syn.synthesize(lps).hu
+    np.testing.assert_allclose(a[:, ::-1, ::-1], b, atol=0.05)

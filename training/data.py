@@ -18,7 +18,8 @@ class PhantomPairs:
         phase: target phase ("pvp").
         windows: input windows (model channels).
         output_hu: (lo, hi) HU mapped to the output range [-1, 1].
-        shape, spacing_mm, noise_hu: phantom settings (see :func:`make_phantom`).
+        shape, spacing_mm, noise_hu: phantom settings (see :func:`make_phantom`); each patient
+            gets noise_hu scaled by a factor drawn from [0.5, 1.5] (scanners and doses differ).
 
     Items are float32 ``x`` (C, d, h, w) and ``y`` (1, d, h, w) in [-1, 1].
     """
@@ -26,7 +27,9 @@ class PhantomPairs:
     def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
                  output_hu: Sequence[float], shape: Sequence[int], spacing_mm: Sequence[float],
                  noise_hu: float) -> None:
-        self.cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm, noise_hu=noise_hu,
+        self.cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm,
+                                   noise_hu=noise_hu * float(
+                                       np.random.default_rng([int(s), 1]).uniform(0.5, 1.5)),
                                    phases=("ncct", phase)) for s in seeds]
         self.phase = phase
         self.x = [hu_to_channels(c.phases["ncct"], windows) for c in self.cases]

@@ -20,24 +20,20 @@ _GENERATORS: dict[str, Callable[..., nn.Module]] = {}
 _DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_generator(name: str) -> Callable:
-    """Class decorator: make a generator constructible by name from a config dict."""
-    def deco(cls):
-        if name in _GENERATORS:
-            raise ValueError(f"generator {name!r} registered twice")
-        _GENERATORS[name] = cls
-        return cls
-    return deco
+def _registrar(table: dict, kind: str) -> Callable[[str], Callable]:
+    def register(name: str) -> Callable:
+        def deco(cls):
+            if name in table:
+                raise ValueError(f"{kind} {name!r} registered twice")
+            table[name] = cls
+            return cls
+        return deco
+    register.__doc__ = f"Class decorator: make a {kind} constructible by name from a config dict."
+    return register
 
 
-def register_discriminator(name: str) -> Callable:
-    """Class decorator: make a discriminator constructible by name from a config dict."""
-    def deco(cls):
-        if name in _DISCRIMINATORS:
-            raise ValueError(f"discriminator {name!r} registered twice")
-        _DISCRIMINATORS[name] = cls
-        return cls
-    return deco
+register_generator = _registrar(_GENERATORS, "generator")
+register_discriminator = _registrar(_DISCRIMINATORS, "discriminator")
 
 
 def _create(table: dict, kind: str, name: str, cfg: dict[str, Any]) -> nn.Module:

@@ -33,7 +33,7 @@ import numpy as np
 LABELS: dict[int, str] = {
     0: "air", 1: "fat", 2: "muscle", 3: "cortical_bone", 4: "trabecular_bone", 5: "lung",
     6: "heart_chamber", 7: "myocardium", 8: "aorta", 9: "vena_cava", 10: "liver", 11: "spleen",
-    12: "kidney", 13: "portal_vein", 14: "skin", 15: "bowel",
+    12: "kidney", 13: "portal_vein", 14: "skin", 15: "bowel", 16: "bowel_gas",
 }
 _NAME_TO_LABEL = {v: k for k, v in LABELS.items()}
 
@@ -55,6 +55,7 @@ TISSUE_HU: dict[str, tuple[float, float, float]] = {
     "kidney": (32.0, 170.0, 5.0),
     "portal_vein": (40.0, 170.0, 5.0),
     "bowel": (25.0, 40.0, 8.0),
+    "bowel_gas": (-950.0, -950.0, 30.0),
 }
 PHASES: tuple[str, ...] = ("ncct", "pvp")
 ENHANCEMENT_JITTER = 0.15  # relative spread of each patient's contrast enhancement
@@ -159,8 +160,10 @@ def make_phantom(seed: int, shape: Sequence[int] = (24, 160, 160),
     liver_r = rng.uniform(0.45, 0.6) * body_rx
     kidney_r = rng.uniform(22.0, 30.0)
     spleen_r = rng.uniform(25.0, 38.0)
+    # bowel loops: wall/content of soft tissue, about a third holding gas inside the wall
     bowel_loops = [(rng.uniform(-0.7, 0.1), rng.uniform(-0.6, 0.6), rng.uniform(8.0, 18.0),
-                    rng.uniform(0.0, np.pi)) for _ in range(int(rng.integers(3, 9)))]
+                    rng.uniform(0.0, np.pi), rng.uniform() < 0.35)
+                   for _ in range(int(rng.integers(3, 10)))]
 
     labels = np.zeros((D, H, W), dtype=np.uint8)
     for k in range(D):
@@ -207,10 +210,13 @@ def make_phantom(seed: int, shape: Sequence[int] = (24, 160, 160),
             sl[liver & cavity] = _NAME_TO_LABEL["liver"]
             pv = _ellipse(yy, xx, body_cy - 0.05 * body_ry, body_cx - 0.2 * inner_rx, 7.0, 9.0)
             sl[pv & cavity] = _NAME_TO_LABEL["portal_vein"]
-            for fy, fx, r, ang in bowel_loops:
-                loop = _ellipse(yy, xx, body_cy + fy * inner_ry + drift, body_cx + fx * inner_rx,
-                                r * 0.7, r, angle=ang)
+            for fy, fx, r, ang, gas in bowel_loops:
+                cy_, cx_ = body_cy + fy * inner_ry + drift, body_cx + fx * inner_rx
+                loop = _ellipse(yy, xx, cy_, cx_, r * 0.7, r, angle=ang)
                 sl[loop & cavity] = _NAME_TO_LABEL["bowel"]
+                if gas:
+                    lumen = _ellipse(yy, xx, cy_, cx_, r * 0.7 - 3.0, r - 3.0, angle=ang)
+                    sl[lumen & cavity] = _NAME_TO_LABEL["bowel_gas"]
             spleen = _ellipse(yy, xx, spine_cy - 0.6 * spleen_r, body_cx + 0.6 * inner_rx,
                               spleen_r * 0.7, spleen_r, angle=-0.6)
             sl[spleen & cavity] = _NAME_TO_LABEL["spleen"]

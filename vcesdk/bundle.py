@@ -11,8 +11,10 @@ Schema version 1 (keys marked * are required)::
     name*, phase* ("ap" | "pvp" | "dp"), method*, description, demo (bool), clinical_use (bool)
     input*:  channels* [{name, level, width}], value_range [-1, 1],
              window* {slices*, height (null = whole plane), width (null = whole plane)},
-             multiple_of* [d, h, w], resample {spacing_mm [z, y, x]} | null, pad_hu
-    output*: channels*, channel*, hu_range* [lo, hi], compose* ("replace" | "add_difference")
+             multiple_of* [d, h, w], resample {spacing_mm [z, y, x]} | null, pad_hu,
+             orientation (three letters, default "LPS": the model sees axes in this order)
+    output*: channels*, channel*, hu_range* [lo, hi], compose* ("replace" | "add_difference"),
+             difference_floor_hu (null | number: add_difference clamps the added HU below)
     inference*: stride* [sd, sh, sw] (null = whole plane), blend* ("mean" | "gaussian"),
                 batch_size
     files*:  {file name: {sha256*, role* ("model" | "weights" | ...), format, precision,
@@ -73,6 +75,9 @@ class Bundle:
         output_hu: (lo, hi) HU that the output range [-1, 1] maps to.
         compose: "replace" (output is the sCECT) or "add_difference" (sCECT = input +
             (output - input clipped to output_hu), computed on the model grid).
+        difference_floor_hu: with add_difference, the added HU are clamped to at least this
+            (0: enhancement only raises attenuation, as iodine does); None = no clamp.
+        orientation: axis orientation code the model expects ("LPS").
     """
 
     path: Path
@@ -88,6 +93,8 @@ class Bundle:
     blend: str
     batch_size: int
     pad_hu: float
+    difference_floor_hu: float | None = None
+    orientation: str = "LPS"
 
     @property
     def name(self) -> str:
@@ -145,12 +152,19 @@ def validate_manifest(m: Any) -> dict:
         _require(isinstance(sp, list) and len(sp) == 3 and all(
             isinstance(v, (int, float)) and v > 0 for v in sp),
             f"manifest: input.resample.spacing_mm must be three positive numbers, got {sp!r}")
+    orient = inp.get("orientation", "LPS")
+    _require(isinstance(orient, str) and len(orient) == 3 and sorted(
+        orient.upper().replace("R", "L").replace("A", "P").replace("I", "S")) == ["L", "P", "S"],
+        f"manifest: input.orientation must be three letters like 'LPS', got {orient!r}")
     out = _get(m, "output", "")
     hr = _get(out, "hu_range", "output.")
     _require(isinstance(hr, list) and len(hr) == 2 and hr[0] < hr[1],
              f"manifest: output.hu_range must be [low, high], got {hr!r}")
     _require(_get(out, "compose", "output.") in COMPOSE_MODES,
              f"manifest: output.compose must be one of {COMPOSE_MODES}, got {out['compose']!r}")
+    floor = out.get("difference_floor_hu")
+    _require(floor is None or isinstance(floor, (int, float)),
+             f"manifest: output.difference_floor_hu must be null or a number, got {floor!r}")
     nch, ch = _get(out, "channels", "output."), _get(out, "channel", "output.")
     _require(isinstance(nch, int) and isinstance(ch, int) and 0 <= ch < nch,
              f"manifest: output.channel {ch!r} must index output.channels {nch!r}")
@@ -223,4 +237,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
         output_channel=int(out["channel"]), compose=str(out["compose"]),
         blend=str(inf["blend"]), batch_size=int(inf.get("batch_size", 1)),
         pad_hu=float(inp.get("pad_hu", -1024.0)),
+        difference_floor_hu=(None if out.get("difference_floor_hu") is None
+                             else float(out["difference_floor_hu"])),
+        orientation=str(inp.get("orientation", "LPS")),
     )

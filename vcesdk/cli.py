@@ -34,7 +34,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from .fileio import atomic_output
     from .preview import preview_strip
     from .runtime import Synthesizer
-    from .volume import output_path, read_volume, write_volume
+    from .volume import orient_volume, output_path, read_volume, write_volume
 
     src = Path(args.input)
     out_dir = Path(args.output)
@@ -66,7 +66,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         vol_path = output_path(tmp, f"scect_{phase}", args.format)
         write_volume(scect, vol_path, like=vol,
                      series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
-        preview_strip(vol.hu, scect.hu, tmp / "preview.png", spacing_mm=vol.spacing_mm)
+        # shown in radiological convention (LPS: anterior up, patient's left on the right)
+        preview_strip(orient_volume(vol).hu, orient_volume(scect).hu, tmp / "preview.png",
+                      spacing_mm=orient_volume(vol).spacing_mm)
         report = {
             "input": str(src), "output": vol_path.name, "preview": "preview.png",
             "bundle": syn.bundle.name, "phase": phase, "method": manifest["method"],

@@ -20,7 +20,7 @@ from .bundle import Bundle, load_bundle
 from .errors import InputError, ProviderError
 from .intensity import channels_to_hu, hu_to_channels
 from .stitch import sliding_window, window_grid
-from .volume import CTVolume, resample_volume
+from .volume import CTVolume, orient_volume, orientation_code, resample_volume
 
 _logger = logging.getLogger(__name__)
 
@@ -151,8 +151,9 @@ def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
     if not np.all(np.isfinite(vol.hu)):
         raise InputError("input volume holds NaN or infinite values; fix or mask them "
                          "before synthesis")
-    work = vol if bundle.resample_mm is None else resample_volume(
-        vol, bundle.resample_mm, default_hu=bundle.pad_hu)
+    work = orient_volume(vol, bundle.orientation)
+    if bundle.resample_mm is not None:
+        work = resample_volume(work, bundle.resample_mm, default_hu=bundle.pad_hu)
     shape = work.shape
     padded, window, stride = plan_windows(bundle, shape)
     channels = hu_to_channels(work.hu, bundle.windows)
@@ -221,6 +222,13 @@ class Synthesizer:
             batch, dtype=np.float32)})
         return out
 
+    def _to_input_grid(self, model_grid: CTVolume, vol: CTVolume, default_hu: float
+                       ) -> np.ndarray:
+        """Values on the model grid brought back onto the input's grid, (D, H, W) float32."""
+        if self.bundle.resample_mm is not None:
+            return resample_volume(model_grid, (), reference=vol, default_hu=default_hu).hu
+        return orient_volume(model_grid, orientation_code(vol)).hu
+
     def synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None = None
                    ) -> CTVolume:
         """Synthesize the bundle's contrast phase from a non-contrast volume.
@@ -264,15 +272,11 @@ class Synthesizer:
         lo, hi = b.output_hu
         if b.compose == "add_difference":
             delta = pred - np.clip(work.hu, lo, hi)
-            if b.resample_mm is not None:
-                delta = resample_volume(work.with_hu(delta), (), reference=vol,
-                                        default_hu=0.0).hu
-            out = vol.hu + delta
+            if b.difference_floor_hu is not None:
+                np.maximum(delta, np.float32(b.difference_floor_hu), out=delta)
+            out = vol.hu + self._to_input_grid(work.with_hu(delta), vol, 0.0)
         else:
-            out = pred
-            if b.resample_mm is not None:
-                out = resample_volume(work.with_hu(pred), (), reference=vol,
-                                      default_hu=b.pad_hu).hu
+            out = self._to_input_grid(work.with_hu(pred), vol, b.pad_hu)
         total = time.perf_counter() - t0
         per_window = [t / n for t, n in times]
         model_s = sum(t for t, _ in times)

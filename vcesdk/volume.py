@@ -252,3 +252,30 @@ def resample_volume(vol: CTVolume, spacing_mm: Sequence[float], size: Sequence[i
         f.SetOutputDirection(tuple(vol.direction.ravel()))
     out = CTVolume.from_sitk(f.Execute(img))
     return out
+
+
+def orientation_code(vol: CTVolume) -> str:
+    """Three-letter DICOM orientation code of the index axes (x, y, z), e.g. "LPS" when the
+    column index runs to the patient's Left, the row index to Posterior, slices to Superior."""
+    import SimpleITK as sitk
+
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
+        tuple(float(v) for v in vol.direction.ravel()))
+
+
+def orient_volume(vol: CTVolume, code: str = "LPS") -> CTVolume:
+    """The same voxels with axes permuted and flipped to the orientation `code` (exact: no
+    interpolation). Source headers are dropped (slice order may change).
+
+    Raises:
+        InputError: `code` is not a valid three-letter orientation.
+    """
+    import SimpleITK as sitk
+
+    code = code.upper()
+    if len(code) != 3 or sorted(code.replace("R", "L").replace("A", "P").replace("I", "S")) \
+            != ["L", "P", "S"]:
+        raise InputError(f"orientation must be three letters like 'LPS' or 'RAS', got {code!r}")
+    if orientation_code(vol) == code:
+        return vol
+    return CTVolume.from_sitk(sitk.DICOMOrient(vol.to_sitk(), code))
