@@ -36,6 +36,7 @@ setup(
     packages=[
         "vcesdk",
         "vcesdk.models",
+        "vcesdk.models.demo_pvp",
         "vcesdk.training",
         "vcesdk.training.recipes",
         "vcesdk.export",
@@ -47,7 +48,7 @@ setup(
         "vcesdk.export": "export",
     },
     package_data={
-        "vcesdk.models": ["*/manifest.json", "*/*.onnx", "*/*.pt", "*/*.json"],
+        "vcesdk.models.demo_pvp": ["manifest.json", "*.onnx", "*.pt"],
         "vcesdk.training.recipes": ["*.yaml"],
     },
 )

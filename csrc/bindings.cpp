@@ -107,6 +107,91 @@ void finalize(py::array sum_obj, py::array weight_obj, float empty) {
   }
 }
 
+const float* optional_vector(const py::object& obj, int64_t n, const char* name, F32& holder) {
+  if (obj.is_none()) return nullptr;
+  holder = F32::ensure(obj);
+  require(holder && holder.ndim() == 1 && holder.shape(0) == n,
+          std::string(name) + " must be None or a float32 vector of length " +
+              std::to_string(n));
+  return holder.data();
+}
+
+F32 writeable_f32(py::array obj, const char* name, py::ssize_t ndim) {
+  require(py::isinstance<F32>(obj) && (obj.flags() & py::array::c_style) && obj.writeable() &&
+              obj.ndim() == ndim,
+          std::string(name) + " must be a writeable C-contiguous float32 array with " +
+              std::to_string(ndim) + " dimensions, got " + shape_str(obj));
+  return py::reinterpret_borrow<F32>(obj);
+}
+
+void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offsets_obj,
+                     py::object wz_obj, py::object wy_obj, py::object wx_obj) {
+  F32 ring = writeable_f32(ring_obj, "ring", 4);
+  F32 windows = F32::ensure(windows_obj);
+  I64 offsets = I64::ensure(offsets_obj);
+  require(windows && windows.ndim() == 5,
+          "windows must be float32 (B, C, d, h, w), got " + shape_str(windows_obj));
+  const int64_t C = ring.shape(0), L = ring.shape(1), H = ring.shape(2), W = ring.shape(3);
+  const int64_t B = windows.shape(0), d = windows.shape(2), h = windows.shape(3),
+                w = windows.shape(4);
+  require(windows.shape(1) == C, "windows have " + std::to_string(windows.shape(1)) +
+                                     " channels, the ring has " + std::to_string(C));
+  require(offsets && offsets.ndim() == 2 && offsets.shape(0) == B && offsets.shape(1) == 3,
+          "offsets must be int64 (" + std::to_string(B) + ", 3), got " + shape_str(offsets_obj));
+  require(d <= L, "window depth " + std::to_string(d) + " exceeds the ring depth " +
+                      std::to_string(L));
+  const int64_t* off = offsets.data();
+  int64_t zmin = 0, zmax = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t oz = off[3 * b], oy = off[3 * b + 1], ox = off[3 * b + 2];
+    if (oz < 0 || oy < 0 || ox < 0 || oy + h > H || ox + w > W) {
+      std::ostringstream m;
+      m << "window " << b << " at offset (" << oz << ", " << oy << ", " << ox
+        << ") does not fit the plane (" << H << ", " << W << ")";
+      throw std::invalid_argument(m.str());
+    }
+    zmin = b == 0 || oz < zmin ? oz : zmin;
+    zmax = b == 0 || oz + d > zmax ? oz + d : zmax;
+  }
+  require(zmax - zmin <= L, "the batch spans slices " + std::to_string(zmin) + ".." +
+                                std::to_string(zmax - 1) + ", more than the ring's " +
+                                std::to_string(L) + " slices");
+  F32 hz, hy, hx;
+  const float* wz = optional_vector(wz_obj, d, "wz", hz);
+  const float* wy = optional_vector(wy_obj, h, "wy", hy);
+  const float* wx = optional_vector(wx_obj, w, "wx", hx);
+  float* r = ring.mutable_data();
+  const float* win = windows.data();
+  {
+    py::gil_scoped_release release;
+    vcesdk::ring_accumulate(r, C, L, H, W, win, off, B, d, h, w, wz, wy, wx);
+  }
+}
+
+void ring_finalize(py::array ring_obj, int64_t z0, int64_t z1, py::array nz_obj,
+                   py::array ny_obj, py::array nx_obj, py::array out_obj) {
+  F32 ring = writeable_f32(ring_obj, "ring", 4);
+  F32 out = writeable_f32(out_obj, "out", 4);
+  const int64_t C = ring.shape(0), L = ring.shape(1), H = ring.shape(2), W = ring.shape(3);
+  require(0 <= z0 && z0 <= z1 && z1 - z0 <= L, "slices [" + std::to_string(z0) + ", " +
+                                                    std::to_string(z1) + ") do not fit a ring of " +
+                                                    std::to_string(L));
+  require(out.shape(0) == C && out.shape(1) == z1 - z0 && out.shape(2) == H &&
+              out.shape(3) == W,
+          "out must have shape (" + std::to_string(C) + ", " + std::to_string(z1 - z0) + ", " +
+              std::to_string(H) + ", " + std::to_string(W) + "), got " + shape_str(out));
+  F32 nz = F32::ensure(nz_obj), ny = F32::ensure(ny_obj), nx = F32::ensure(nx_obj);
+  require(nz && nz.ndim() == 1 && nz.shape(0) >= z1, "nz must be float32 covering slice z1");
+  require(ny && ny.ndim() == 1 && ny.shape(0) == H, "ny must be float32 of length H");
+  require(nx && nx.ndim() == 1 && nx.shape(0) == W, "nx must be float32 of length W");
+  float* r = ring.mutable_data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    vcesdk::ring_finalize(r, C, L, H, W, z0, z1, nz.data(), ny.data(), nx.data(), o);
+  }
+}
+
 py::dict build_info() {
   py::dict info;
 #ifdef _OPENMP
@@ -154,5 +239,36 @@ Voxels no window covered (weight 0) are set to `empty`.
 
 Raises:
     ValueError: wrong dtype, layout or shape.)doc");
+  m.def("ring_accumulate", &ring_accumulate, py::arg("ring"), py::arg("windows"),
+        py::arg("offsets"), py::arg("wz") = py::none(), py::arg("wy") = py::none(),
+        py::arg("wx") = py::none(),
+        R"doc(Add a batch of grid windows into a z-ring accumulator in place; releases the GIL.
+
+Volume slice z is kept in ring slice z % L. Weights are separable: wz[z] * wy[y] * wx[x]
+inside a window (None = 1). Each destination row is read and written once per batch.
+
+Args:
+    ring: float32 (C, L, H, W), C-contiguous, writeable.
+    windows: float32 (B, C, d, h, w).
+    offsets: int64 (B, 3): (z, y, x) window starts in the volume.
+    wz, wy, wx: float32 (d,), (h,), (w,) weight profiles, or None.
+
+Raises:
+    ValueError: wrong dtype or shape, a window outside the plane, or a batch spanning more
+        slices than the ring holds.)doc");
+  m.def("ring_finalize", &ring_finalize, py::arg("ring"), py::arg("z0"), py::arg("z1"),
+        py::arg("nz"), py::arg("ny"), py::arg("nx"), py::arg("out"),
+        R"doc(Write finished slices [z0, z1) as the weighted mean and clear them in the ring.
+
+out[c, z - z0] = ring[c, z % L] / (nz[z] * ny[y] * nx[x]); releases the GIL.
+
+Args:
+    ring: float32 (C, L, H, W) accumulator.
+    z0, z1: volume slice range, z1 - z0 <= L.
+    nz, ny, nx: float32 per-axis sums of weights over the grid (coverage counts for "mean").
+    out: float32 (C, z1 - z0, H, W), C-contiguous, writeable.
+
+Raises:
+    ValueError: wrong dtype or shape.)doc");
   m.def("build_info", &build_info, "Compiler and OpenMP settings the extension was built with.");
 }

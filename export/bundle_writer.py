@@ -104,8 +104,8 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
     final = Path(out_dir)
     with atomic_output(final, is_dir=True, overwrite=overwrite) as tmp:
         d = int(recipe["inference"]["window_slices"])
-        export_onnx(gen, tmp / MODEL_FILE, (1, gen.encoders[0][0].in_channels, d,
-                                            multiple[1] * 4, multiple[2] * 4))
+        in_channels = len(recipe["model_io"]["windows"])
+        export_onnx(gen, tmp / MODEL_FILE, (1, in_channels, d, multiple[1] * 4, multiple[2] * 4))
         torch.save({"generator": gen.state_dict(), "network": network, "recipe": recipe,
                     "step": int(checkpoint.get("step", 0))}, tmp / WEIGHTS_FILE)
         manifest["files"] = {

@@ -18,6 +18,7 @@ class PhantomPairs:
         phase: target phase ("pvp").
         windows: input windows (model channels).
         output_hu: (lo, hi) HU mapped to the output range [-1, 1].
+        target: "image" (the contrast phase in HU) or "residual" (contrast phase - NCCT, HU).
         shape, spacing_mm, noise_hu: phantom settings (see :func:`make_phantom`); each patient
             gets noise_hu scaled by a factor drawn from [0.5, 1.5] (scanners and doses differ).
 
@@ -26,14 +27,19 @@ class PhantomPairs:
 
     def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
                  output_hu: Sequence[float], shape: Sequence[int], spacing_mm: Sequence[float],
-                 noise_hu: float) -> None:
+                 noise_hu: float, target: str = "image") -> None:
+        if target not in ("image", "residual"):
+            raise ValueError(f"target must be 'image' or 'residual', got {target!r}")
         self.cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm,
                                    noise_hu=noise_hu * float(
                                        np.random.default_rng([int(s), 1]).uniform(0.5, 1.5)),
                                    phases=("ncct", phase)) for s in seeds]
         self.phase = phase
         self.x = [hu_to_channels(c.phases["ncct"], windows) for c in self.cases]
-        self.y = [hu_to_output(c.phases[phase], output_hu)[None] for c in self.cases]
+        self.target = target
+        self.y = [hu_to_output(c.phases[phase] - (c.phases["ncct"] if target == "residual"
+                                                  else 0.0), output_hu)[None]
+                  for c in self.cases]
 
     def __len__(self) -> int:
         return len(self.cases)

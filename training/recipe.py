@@ -23,7 +23,8 @@ class Recipe:
         generator / discriminator: {"name": registry name, "config": constructor kwargs}.
         data: phantom settings: shape [D, H, W], spacing_mm [z, y, x], noise_hu, n_train,
             n_val, seed, crop [d, h, w].
-        model_io: input windows ([{name, level, width}]) and output hu_range [lo, hi].
+        model_io: input windows ([{name, level, width}]), output hu_range [lo, hi] and target
+            ("image": the phase in HU, as the papers; "residual": phase - NCCT in HU).
         optim: lr, betas, decay_every (steps), decay_factor.
         loss: l1_weight, real_label (one-sided label smoothing), gan_weight.
         train: steps, batch_size, val_every, ckpt_every, seed.

@@ -73,7 +73,8 @@ class Trainer:
         self.windows = windows_from_manifest(recipe.model_io["windows"])
         self.output_hu = tuple(recipe.model_io["hu_range"])
         common = dict(phase=recipe.phase, windows=self.windows, output_hu=self.output_hu,
-                      shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"])
+                      shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"],
+                      target=recipe.model_io.get("target", "image"))
         seed0 = int(d.get("seed", 0))
         self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])), **common)
         # validation patients use seeds never used in training
@@ -140,6 +141,8 @@ class Trainer:
             pred = channels_to_hu(out[0], self.output_hu)
             target = case.phases[self.recipe.phase][:, :H, :W]
             ncct = case.phases["ncct"][:, :H, :W]
+            if self.val_data.target == "residual":
+                pred = pred + ncct
             mae_model.append(float(np.abs(pred - target).mean()))
             mae_ident.append(float(np.abs(ncct - target).mean()))
         g.train()

@@ -13,8 +13,9 @@ Schema version 1 (keys marked * are required)::
              window* {slices*, height (null = whole plane), width (null = whole plane)},
              multiple_of* [d, h, w], resample {spacing_mm [z, y, x]} | null, pad_hu,
              orientation (three letters, default "LPS": the model sees axes in this order)
-    output*: channels*, channel*, hu_range* [lo, hi], compose* ("replace" | "add_difference"),
-             difference_floor_hu (null | number: add_difference clamps the added HU below)
+    output*: channels*, channel*, hu_range* [lo, hi],
+             compose* ("replace" | "add_difference" | "add_residual"),
+             difference_floor_hu (null | number: the added HU are clamped below at this)
     inference*: stride* [sd, sh, sw] (null = whole plane), blend* ("mean" | "gaussian"),
                 batch_size
     files*:  {file name: {sha256*, role* ("model" | "weights" | ...), format, precision,
@@ -36,7 +37,7 @@ from .intensity import Window, windows_from_manifest
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PHASES: tuple[str, ...] = ("ap", "pvp", "dp")
-COMPOSE_MODES: tuple[str, ...] = ("replace", "add_difference")
+COMPOSE_MODES: tuple[str, ...] = ("replace", "add_difference", "add_residual")
 BLENDS: tuple[str, ...] = ("mean", "gaussian")
 
 
@@ -73,9 +74,11 @@ class Bundle:
         multiple_of: (d, h, w) the network's size divisors; inputs are padded to them.
         resample_mm: (z, y, x) spacing the model runs at, or None (native grid).
         output_hu: (lo, hi) HU that the output range [-1, 1] maps to.
-        compose: "replace" (output is the sCECT) or "add_difference" (sCECT = input +
-            (output - input clipped to output_hu), computed on the model grid).
-        difference_floor_hu: with add_difference, the added HU are clamped to at least this
+        compose: "replace" (output is the sCECT), "add_difference" (sCECT = input +
+            (output - input clipped to output_hu), computed on the model grid) or
+            "add_residual" (the output is the enhancement sCECT - NCCT in HU; sCECT = input +
+            output brought to the input's grid).
+        difference_floor_hu: for the add_* modes, the added HU are clamped to at least this
             (0: enhancement only raises attenuation, as iodine does); None = no clamp.
         orientation: axis orientation code the model expects ("LPS").
     """

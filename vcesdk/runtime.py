@@ -270,8 +270,8 @@ class Synthesizer:
         pred = channels_to_hu(stitched[b.output_channel, :shape[0], :shape[1], :shape[2]],
                               b.output_hu)
         lo, hi = b.output_hu
-        if b.compose == "add_difference":
-            delta = pred - np.clip(work.hu, lo, hi)
+        if b.compose in ("add_difference", "add_residual"):
+            delta = pred - np.clip(work.hu, lo, hi) if b.compose == "add_difference" else pred
             if b.difference_floor_hu is not None:
                 np.maximum(delta, np.float32(b.difference_floor_hu), out=delta)
             out = vol.hu + self._to_input_grid(work.with_hu(delta), vol, 0.0)

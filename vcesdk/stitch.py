@@ -73,23 +73,40 @@ def window_grid(shape: Sequence[int], window: Sequence[int], stride: Sequence[in
     return grid.reshape(-1, 3)
 
 
-@functools.lru_cache(maxsize=16)
-def _gaussian_map_cached(window: tuple[int, int, int], sigma_scale: float) -> np.ndarray:
-    axes = []
-    for n in window:
+# Gaussian importance: sigma = 1/8 of the window per axis (nnU-Net, MONAI); each axis profile
+# is floored at 0.1 so that the separable product is >= 1e-3 and every covered voxel counts.
+GAUSSIAN_SIGMA_SCALE = 0.125
+GAUSSIAN_AXIS_FLOOR = 0.1
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_profile_cached(n: int, blend: str, sigma_scale: float) -> np.ndarray:
+    if blend == "mean":
+        prof = np.ones(n, dtype=np.float32)
+    else:
         centre = (n - 1) / 2.0
         sigma = max(n * sigma_scale, 1e-6)
-        axes.append(np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2))
-    wmap = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    wmap = wmap / wmap.max()
-    # Floor as in nnU-Net: no voxel gets weight 0, so every covered voxel stays defined.
-    wmap = np.maximum(wmap, 1e-3).astype(np.float32)
-    wmap.setflags(write=False)
-    return wmap
+        g = np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
+        prof = np.maximum(g / g.max(), GAUSSIAN_AXIS_FLOOR).astype(np.float32)
+    prof.setflags(write=False)
+    return prof
 
 
-def gaussian_weight_map(window: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
-    """Gaussian importance map for one window, peak 1, floor 1e-3 (cached per window size).
+def axis_profile(n: int, blend: Blend, sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> np.ndarray:
+    """Weight profile along one window axis: ones ("mean") or a floored Gaussian (cached).
+
+    Returns:
+        Read-only float32 (n,).
+    """
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {BLENDS}, got {blend!r}")
+    return _axis_profile_cached(int(n), blend, float(sigma_scale))
+
+
+def gaussian_weight_map(window: Sequence[int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE
+                        ) -> np.ndarray:
+    """Gaussian importance map for one window: the separable product of per-axis Gaussians
+    (sigma = sigma_scale x size, each floored at 0.1), peak 1, minimum >= 1e-3.
 
     Args:
         window: (d, h, w) window size in voxels.
@@ -99,6 +116,28 @@ def gaussian_weight_map(window: Sequence[int], sigma_scale: float = 0.125) -> np
         Read-only float32 array (d, h, w).
     """
     return _gaussian_map_cached(_triple(window, "window"), float(sigma_scale))
+
+
+@functools.lru_cache(maxsize=16)
+def _gaussian_map_cached(window: tuple[int, int, int], sigma_scale: float) -> np.ndarray:
+    pz, py, px = (axis_profile(n, "gaussian", sigma_scale) for n in window)
+    wmap = (pz[:, None, None] * py[None, :, None] * px[None, None, :]).astype(np.float32)
+    wmap.setflags(write=False)
+    return wmap
+
+
+def axis_weight_sum(length: int, window: int, starts: Sequence[int], profile: np.ndarray
+                    ) -> np.ndarray:
+    """Sum over the windows along one axis of their weight at each position (the analytic
+    normaliser: for "mean" it is the number of windows covering the position).
+
+    Returns:
+        float32 (length,); zero where no window covers the position.
+    """
+    total = np.zeros(length, dtype=np.float64)
+    for s0 in starts:
+        total[s0:s0 + window] += profile
+    return total.astype(np.float32)
 
 
 class OverlapAverager:
@@ -191,6 +230,162 @@ class OverlapAverager:
         return out
 
 
+class StreamingStitcher:
+    """Overlap averaging for windows that arrive in grid order (z slowest), as the runtime
+    and :func:`sliding_window` produce them.
+
+    Only a ring of about one window depth of slices is held: slices that no later window can
+    touch are finalised as soon as the next window's start passes them and handed to
+    `on_slices` (or written into `out`). Weights are separable and the normaliser is analytic
+    (per-axis sums of weights over the grid), so there is no weight volume. Peak memory of the
+    accumulator is C x L x H x W float32 with L = d + (max_batch - 1) x stride_z slices,
+    independent of the number of slices D.
+
+    Args:
+        shape: (D, H, W) of the stitched volume.
+        channels: output channels C.
+        window: (d, h, w) window size; stride: (sd, sh, sw).
+        blend: "mean" (uniform, Choi et al. 2021) or "gaussian".
+        on_slices: callable(z0, slab) receiving finished float32 slabs (C, n, H, W) in order;
+            when None the slabs are written into `out` (allocated when None).
+        out: float32 (C, D, H, W) array (e.g. a numpy.memmap) to write into.
+        max_batch: the largest number of windows passed to one :meth:`aggregate` call.
+        backend: "auto", "native" or "numpy".
+
+    Raises:
+        InputError: bad sizes, blend or backend.
+        NativeKernelUnavailable: backend="native" without the extension.
+    """
+
+    def __init__(self, shape: Sequence[int], channels: int, window: Sequence[int],
+                 stride: Sequence[int], blend: Blend = "mean",
+                 on_slices: Callable[[int, np.ndarray], None] | None = None,
+                 out: np.ndarray | None = None, max_batch: int = 4,
+                 backend: str = "auto") -> None:
+        if backend not in ("auto", "native", "numpy"):
+            raise InputError(f"backend must be 'auto', 'native' or 'numpy', got {backend!r}")
+        self.shape = _triple(shape, "shape")
+        self.window = _triple(window, "window")
+        self.stride = _triple(stride, "stride")
+        self.channels = int(channels)
+        if self.channels < 1 or max_batch < 1:
+            raise InputError(f"channels and max_batch must be >= 1, got {channels}, {max_batch}")
+        self._ext = (_native.require_native() if backend == "native" else
+                     _native.native() if backend == "auto" else None)
+        self.backend = "native" if self._ext is not None else "numpy"
+        self.grid = window_grid(self.shape, self.window, self.stride)
+        starts = [window_starts(n, w, s) for n, w, s in zip(self.shape, self.window,
+                                                           self.stride)]
+        self._profiles = [axis_profile(w, blend) for w in self.window]
+        self._norms = [axis_weight_sum(n, w, st, p) for n, w, st, p in
+                       zip(self.shape, self.window, starts, self._profiles)]
+        self._weights = [None if blend == "mean" else p for p in self._profiles]
+        D, H, W = self.shape
+        depth = min(D, self.window[0] + (int(max_batch) - 1) * self.stride[0])
+        self._ring = np.zeros((self.channels, depth, H, W), dtype=np.float32)
+        self._on_slices = on_slices
+        if on_slices is None:
+            if out is None:
+                out = np.empty((self.channels, D, H, W), dtype=np.float32)
+            elif out.shape != (self.channels, D, H, W) or out.dtype != np.float32:
+                raise InputError(f"out must be float32 {(self.channels, D, H, W)}, got "
+                                 f"{out.dtype} {out.shape}")
+        self.out = out
+        self._next = 0
+        self._final = 0
+
+    @property
+    def ring_bytes(self) -> int:
+        """Bytes held by the accumulator ring."""
+        return int(self._ring.nbytes)
+
+    def _flush(self, z1: int) -> None:
+        z1 = min(z1, self.shape[0])
+        L = self._ring.shape[1]
+        nz, ny, nx = self._norms
+        while self._final < z1:
+            z0 = self._final
+            n = min(z1 - z0, L)
+            # out[:, z0:z0+n] is C-contiguous only for C == 1; otherwise finish into a slab
+            direct = self._on_slices is None and self.channels == 1
+            slab = (self.out[:, z0:z0 + n] if direct else
+                    np.empty((self.channels, n, *self.shape[1:]), np.float32))
+            if self._ext is not None:
+                self._ext.ring_finalize(self._ring, z0, z0 + n, nz, ny, nx, slab)
+            else:
+                idx = np.arange(z0, z0 + n) % L
+                denom = nz[z0:z0 + n, None, None] * ny[None, :, None] * nx[None, None, :]
+                slab[...] = self._ring[:, idx] / denom
+                self._ring[:, idx] = 0.0
+            if self._on_slices is not None:
+                self._on_slices(z0, slab)
+            elif not direct:
+                self.out[:, z0:z0 + n] = slab
+            self._final = z0 + n
+
+    def aggregate(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        """Add the next windows of the grid, in grid order.
+
+        Args:
+            values: float32 (B, C, d, h, w).
+            offsets: int (B, 3), equal to the next B rows of :attr:`grid`.
+
+        Raises:
+            InputError: wrong shapes, windows out of grid order, or a call after finalize.
+        """
+        if self._next < 0:
+            raise InputError("StreamingStitcher.aggregate() called after finalize()")
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1, 3)
+        expected = (self.channels, *self.window)
+        if values.ndim != 5 or tuple(values.shape[1:]) != expected:
+            raise InputError(f"window outputs must have shape (B, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}, {expected[3]}), got {values.shape}")
+        B = values.shape[0]
+        want = self.grid[self._next:self._next + B]
+        if offsets.shape[0] != B or want.shape[0] != B or not np.array_equal(offsets, want):
+            raise InputError(f"windows must arrive in grid order: expected offsets "
+                             f"{want.tolist()[:3]}..., got {offsets.tolist()[:3]}...")
+        self._flush(int(offsets[0, 0]))  # nothing below the first new window can change
+        L = self._ring.shape[1]
+        top = int(offsets[:, 0].max()) + self.window[0]
+        if top - self._final > L:
+            raise InputError(f"a batch of {B} windows spans slices {self._final}..{top - 1}, "
+                             f"more than the {L}-slice ring; raise max_batch")
+        wz, wy, wx = self._weights
+        if self._ext is not None:
+            try:
+                self._ext.ring_accumulate(self._ring, values, offsets, wz, wy, wx)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        else:
+            d, h, w = self.window
+            wmap = None
+            if wz is not None:
+                wmap = wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
+            for b, (z, y, x) in enumerate(offsets):
+                idx = np.arange(z, z + d) % L
+                v = values[b] if wmap is None else values[b] * wmap
+                self._ring[:, idx, y:y + h, x:x + w] += v
+        self._next += B
+        if self._next < len(self.grid):
+            self._flush(int(self.grid[self._next, 0]))
+
+    def finalize(self) -> np.ndarray | None:
+        """Flush the remaining slices; returns `out` (None when slices went to on_slices).
+
+        Raises:
+            InputError: not every window of the grid was aggregated, or called twice.
+        """
+        if self._next != len(self.grid):
+            raise InputError(f"finalize() after {max(self._next, 0)} of {len(self.grid)} "
+                             f"windows")
+        self._flush(self.shape[0])
+        self._next = -1
+        self._ring = np.empty(0, np.float32)
+        return self.out
+
+
 def accumulate_reference(total: np.ndarray, weight: np.ndarray, values: np.ndarray,
                          offsets: np.ndarray, wmap: np.ndarray | None) -> None:
     """NumPy reference of ``vcesdk._C.overlap_accumulate`` (the test oracle and the fallback).
@@ -236,13 +431,17 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
                    window: int | Sequence[int], stride: int | Sequence[int] | None = None,
                    blend: Blend = "mean", batch_size: int = 4, pad_value: float | None = None,
                    backend: str = "auto",
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int], None] | None = None,
+                   on_slices: Callable[[int, np.ndarray], None] | None = None
+                   ) -> np.ndarray | None:
     """Run `predictor` over every window of a volume and stitch the outputs by overlap averaging.
 
     Windows are laid out every `stride` voxels along each axis with the last window flush with
     the far border, so every voxel is covered. An axis shorter than the window is padded at the
     far end (with `pad_value`, or by repeating the edge when None) and the padding is cropped
-    from the result.
+    from the result. Windows run in slice order and finished slices leave the accumulator as
+    soon as no later window touches them (:class:`StreamingStitcher`), so the accumulator holds
+    about one window depth of slices whatever the volume's length.
 
     Args:
         volume: float32 array (C, D, H, W), or (D, H, W) read as C = 1.
@@ -254,9 +453,13 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
         pad_value: constant for padding short axes; None repeats the edge voxels.
         backend: stitching kernel: "auto", "native" or "numpy".
         progress: called with the number of windows finished after each batch.
+        on_slices: when given, called as on_slices(z0, slab) with each run of finished output
+            slices, float32 (C', n, D-cropped H, W), in slice order, and nothing is returned
+            (the stitched volume is never held whole).
 
     Returns:
-        float32 (C', D, H, W) for a 4-D input; for a 3-D input, (D, H, W) when C' = 1.
+        float32 (C', D, H, W) for a 4-D input; for a 3-D input, (D, H, W) when C' = 1; None
+        when `on_slices` is given.
 
     Raises:
         InputError: bad shapes, sizes, blend, or a predictor output of the wrong shape.
@@ -269,6 +472,8 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
         raise InputError(f"volume must have shape (D, H, W) or (C, D, H, W), got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"volume must be numeric, got dtype {arr.dtype}")
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {BLENDS}, got {blend!r}")
     win = _triple(window, "window")
     step = win if stride is None else _triple(stride, "stride")
     if batch_size < 1:
@@ -281,10 +486,23 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
             arr = np.pad(arr, pad, mode="edge")
         else:
             arr = np.pad(arr, pad, mode="constant", constant_values=pad_value)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
     offsets = window_grid(padded, win, step)
     d, h, w = win
-    merger: OverlapAverager | None = None
+    stitcher: StreamingStitcher | None = None
+    cropped = padded != shape
+
+    def emit(z0: int, slab: np.ndarray) -> None:
+        if z0 >= shape[0]:
+            return
+        part = slab[:, :shape[0] - z0, :shape[1], :shape[2]]
+        if on_slices is not None:
+            on_slices(z0, np.ascontiguousarray(part))
+        else:
+            result[:, z0:z0 + part.shape[1]] = part
+
+    result: np.ndarray = np.empty(0, np.float32)
     done = 0
     for batch_offsets in _iter_batches(offsets, batch_size):
         batch = np.stack([arr[:, z:z + d, y:y + h, x:x + w] for z, y, x in batch_offsets])
@@ -292,17 +510,24 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
         if out.ndim != 5 or out.shape[0] != len(batch_offsets) or tuple(out.shape[2:]) != win:
             raise InputError(f"predictor returned shape {out.shape} for a batch of shape "
                              f"{batch.shape}; expected ({len(batch_offsets)}, C', {d}, {h}, {w})")
-        if merger is None:
-            merger = OverlapAverager(padded, out.shape[1], win, blend=blend, backend=backend)
-        merger.aggregate(out, batch_offsets)
+        if stitcher is None:
+            channels = out.shape[1]
+            if on_slices is None:
+                result = np.empty((channels, *shape), dtype=np.float32)
+            direct = on_slices is None and not cropped
+            stitcher = StreamingStitcher(padded, channels, win, step, blend=blend,
+                                         on_slices=None if direct else emit,
+                                         out=result if direct else None,
+                                         max_batch=batch_size, backend=backend)
+        stitcher.aggregate(out, batch_offsets)
         done += len(batch_offsets)
         if progress is not None:
             progress(done)
-    if merger is None:  # unreachable: window_grid yields at least one window
+    if stitcher is None:  # unreachable: window_grid yields at least one window
         raise InputError(f"no windows for a volume of shape {padded}")
-    result = merger.finalize()
-    if padded != shape:
-        result = np.ascontiguousarray(result[:, :shape[0], :shape[1], :shape[2]])
+    stitcher.finalize()
+    if on_slices is not None:
+        return None
     if squeeze and result.shape[0] == 1:
         return result[0]
     return result

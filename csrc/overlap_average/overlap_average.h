@@ -1,13 +1,14 @@
-// Overlap-average kernel: accumulates sliding-window outputs into a running weighted sum and
-// finalises it to the weighted mean (uniform weights: Choi et al. 2021, Sci Rep, seed 003;
-// Gaussian weights: a per-window importance map supplied by the caller).
+// Overlap-average kernels: accumulate sliding-window outputs into a running weighted sum and
+// finalise it to the weighted mean (uniform weights: Choi et al. 2021, Sci Rep, seed 003;
+// Gaussian weights: a separable per-window importance profile).
 #pragma once
 
 #include <cstdint>
 
 namespace vcesdk {
 
-// Accumulate `n_windows` window outputs into `sum` and `weight`.
+// --- generic path: any offsets, explicit weight volume -------------------------------------
+// Accumulate `B` window outputs into `sum` and `weight`.
 //   sum:      float32 [C, D, H, W], running weighted sum (modified in place)
 //   weight:   float32 [D, H, W], running sum of weights (modified in place)
 //   windows:  float32 [B, C, d, h, w], contiguous
@@ -21,5 +22,24 @@ void overlap_accumulate(float* sum, float* weight, int64_t C, int64_t D, int64_t
 // sum[c, z, y, x] /= weight[z, y, x] where weight > 0; voxels with weight 0 become `empty`.
 void overlap_finalize(float* sum, const float* weight, int64_t C, int64_t D, int64_t H,
                       int64_t W, float empty);
+
+// --- streaming path: windows on a regular grid, separable weights, ring buffer in z --------
+// Add `B` windows into a ring accumulator of L slices: volume slice z lives in ring slice
+// z % L. Weights are separable, weight(z, y, x) = wz[z] * wy[y] * wx[x] inside a window (any
+// of wz, wy, wx may be nullptr for 1). Work is split over destination rows (ring slice, row),
+// so windows of one batch may overlap each other without races, and each destination row is
+// read and written once per batch however many windows cover it.
+//   ring:     float32 [C, L, H, W]
+//   windows:  float32 [B, C, d, h, w]; offsets int64 [B, 3]
+// The caller guarantees that the batch spans at most L slices and lies inside the volume.
+void ring_accumulate(float* ring, int64_t C, int64_t L, int64_t H, int64_t W,
+                     const float* windows, const int64_t* offsets, int64_t B, int64_t d,
+                     int64_t h, int64_t w, const float* wz, const float* wy, const float* wx);
+
+// Finalise volume slices [z0, z1) from the ring: out[c, z - z0, y, x] =
+// ring[c, z % L, y, x] / (nz[z] * ny[y] * nx[x]) (the analytic sum of weights), then zero those
+// ring slices for reuse. out: float32 [C, z1 - z0, H, W]. nz/ny/nx are per-axis weight sums.
+void ring_finalize(float* ring, int64_t C, int64_t L, int64_t H, int64_t W, int64_t z0,
+                   int64_t z1, const float* nz, const float* ny, const float* nx, float* out);
 
 }  // namespace vcesdk
