@@ -1,37 +1,30 @@
-"""Stitching throughput: vcesdk._C against the NumPy reference on the pix2pix3D pattern
-(16-slice windows at stride 1, Choi et al. 2021), reduced in-plane to keep the run short.
+"""pytest-benchmark cases for stitching: the pix2pix3D pattern (16 x 512 x 512 windows over
+96 slices, Choi et al. 2021) for vcesdk's streaming kernel and its peers.
 
 Run: python -m pytest benchmarks --benchmark-json=bench.json
+(The standalone script bench_stitch.py adds MONAI/TorchIO, 256 slices, peak RSS, GB/s.)
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from vcesdk.stitch import OverlapAverager, window_grid
+from bench_stitch import STITCH_METHODS, _stitch_fn, _windows
 
-SHAPE = (48, 256, 256)
-WINDOW = (16, 256, 256)
+DEPTH = 96
 
 
-@pytest.fixture(scope="module")
-def windows():
-    offsets = window_grid(SHAPE, WINDOW, (1, 256, 256))
-    values = np.random.default_rng(0).standard_normal((len(offsets), 1, *WINDOW)).astype(
-        np.float32)
-    return values, offsets
+@pytest.fixture(scope="module", params=[1, 8], ids=lambda s: f"stride{s}")
+def case(request):
+    values, offsets = _windows(DEPTH, request.param)
+    return request.param, values, offsets
 
 
 @pytest.mark.parametrize("blend", ["mean", "gaussian"])
-@pytest.mark.parametrize("backend", ["native", "numpy"])
-def test_stitch(benchmark, windows, backend, blend):
-    values, offsets = windows
-
-    def run():
-        m = OverlapAverager(SHAPE, 1, WINDOW, blend=blend, backend=backend)
-        for i in range(0, len(offsets), 4):
-            m.aggregate(values[i:i + 4], offsets[i:i + 4])
-        return m.finalize()
-
+@pytest.mark.parametrize("method", STITCH_METHODS)
+def test_stitch(benchmark, case, method, blend):
+    if method == "torch_inplace":
+        pytest.importorskip("torch", reason="torch in-place peer needs torch")
+    stride, values, offsets = case
+    run = _stitch_fn(method, DEPTH, stride, blend, values, offsets)
     out = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
-    assert out.shape == (1, *SHAPE)
+    assert out.shape == (1, DEPTH, 512, 512)

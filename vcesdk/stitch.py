@@ -241,6 +241,12 @@ class StreamingStitcher:
     accumulator is C x L x H x W float32 with L = d + (max_batch - 1) x stride_z slices,
     independent of the number of slices D.
 
+    Accuracy: sums are float32, added window by window (k = number of windows covering a
+    voxel, at most d/sz x h/sh x w/sw); the normaliser is computed in float64 and rounded once.
+    With positive weights the stitched value v_hat of a voxel whose window values are v_i
+    satisfies |v_hat - mean_w(v)| <= (k + 2) x 2^-24 x max_i |v_i|; for the pix2pix3D pattern
+    (k = 16 at stride 1) and |HU| <= 3071 that is below 0.004 HU.
+
     Args:
         shape: (D, H, W) of the stitched volume.
         channels: output channels C.
