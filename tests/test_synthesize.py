@@ -17,7 +17,7 @@ AORTA_ROI = {
     "lung1": (slice(4, 21), slice(405, 420), slice(310, 326)),
     "abdomen": (slice(80, 96), slice(50, 53), slice(52, 55)),
 }
-AORTA_GAIN_HU = 5.0  # demo model: sCECT must exceed NCCT in the aorta by at least this (median)
+AORTA_GAIN_HU = 40.0  # demo model: median sCECT - NCCT in the aorta must exceed this
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
