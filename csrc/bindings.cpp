@@ -127,7 +127,19 @@ F32 writeable_f32(py::array obj, const char* name, py::ssize_t ndim) {
 void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offsets_obj,
                      py::object wz_obj, py::object wy_obj, py::object wx_obj) {
   F32 ring = writeable_f32(ring_obj, "ring", 4);
-  F32 windows = F32::ensure(windows_obj);
+  // windows may be any float32 view whose last axis is contiguous (e.g. overlapping windows
+  // of one volume taken with as_strided); anything else is copied to C order first
+  py::array_t<float> windows;
+  bool strided_ok = py::isinstance<py::array_t<float>>(windows_obj) && windows_obj.ndim() == 5 &&
+                    windows_obj.strides(4) == static_cast<py::ssize_t>(sizeof(float));
+  for (int i = 0; strided_ok && i < 4; ++i)
+    strided_ok = windows_obj.strides(i) >= 0 &&
+                 windows_obj.strides(i) % static_cast<py::ssize_t>(sizeof(float)) == 0;
+  if (strided_ok) {
+    windows = py::reinterpret_borrow<py::array_t<float>>(windows_obj);
+  } else {
+    windows = F32::ensure(windows_obj);
+  }
   I64 offsets = I64::ensure(offsets_obj);
   require(windows && windows.ndim() == 5,
           "windows must be float32 (B, C, d, h, w), got " + shape_str(windows_obj));
@@ -162,9 +174,11 @@ void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offset
   const float* wx = optional_vector(wx_obj, w, "wx", hx);
   float* r = ring.mutable_data();
   const float* win = windows.data();
+  int64_t strides[4];
+  for (int i = 0; i < 4; ++i) strides[i] = windows.strides(i) / static_cast<int64_t>(sizeof(float));
   {
     py::gil_scoped_release release;
-    vcesdk::ring_accumulate(r, C, L, H, W, win, off, B, d, h, w, wz, wy, wx);
+    vcesdk::ring_accumulate(r, C, L, H, W, win, strides, off, B, d, h, w, wz, wy, wx);
   }
 }
 

@@ -212,3 +212,18 @@ def test_streaming_refuses_out_of_order_windows():
         st.aggregate(np.zeros((1, 1, 4, 4, 4), np.float32), np.array([[2, 0, 0]]))
     with pytest.raises(InputError, match=r"finalize\(\) after 0 of 4 windows"):
         st.finalize()
+
+
+def test_whole_plane_batches_are_zero_copy_read_only_views():
+    vol = np.random.default_rng(5).standard_normal((1, 20, 6, 7)).astype(np.float32)
+    seen = []
+
+    def predictor(batch):
+        seen.append(np.shares_memory(batch, vol) or batch.base is not None)
+        with pytest.raises(ValueError, match="read-only"):
+            batch[0, 0, 0, 0, 0] = 1.0  # the input volume can never be changed
+        return batch
+
+    out = sliding_window(vol, predictor, (8, 6, 7), (3, 6, 7), batch_size=3)
+    np.testing.assert_allclose(out, vol, rtol=1e-6, atol=1e-6)
+    assert all(seen)

@@ -130,7 +130,7 @@ class Trainer:
         mae_model, mae_ident = [], []
 
         def predictor(batch: np.ndarray) -> np.ndarray:
-            return g(torch.from_numpy(batch)).numpy()
+            return g(torch.from_numpy(np.array(batch, dtype=np.float32))).numpy()
 
         for x, case in zip(self.val_data.x, self.val_data.cases):
             H, W = (n - n % m for n, m in zip(x.shape[2:], mult[1:]))

@@ -341,7 +341,8 @@ class StreamingStitcher:
         """
         if self._next < 0:
             raise InputError("StreamingStitcher.aggregate() called after finalize()")
-        values = np.ascontiguousarray(values, dtype=np.float32)
+        # any float32 layout is accepted; the native kernel reads strided views without a copy
+        values = np.asarray(values, dtype=np.float32)
         offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1, 3)
         expected = (self.channels, *self.window)
         if values.ndim != 5 or tuple(values.shape[1:]) != expected:
@@ -433,6 +434,31 @@ def _iter_batches(offsets: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield offsets[i:i + batch_size]
 
 
+def _window_batch(arr: np.ndarray, offsets: np.ndarray, window: tuple[int, int, int]
+                  ) -> np.ndarray:
+    """Windows at `offsets` from arr (C, D, H, W) as a (B, C, d, h, w) array.
+
+    When the windows share (y, x) and are evenly spaced along z (whole-plane windows, the
+    pix2pix3D pattern) the batch is a read-only zero-copy strided view of `arr`; otherwise a
+    copy.
+    """
+    d, h, w = window
+    z0, y0, x0 = (int(v) for v in offsets[0])
+    if len(offsets) > 1:
+        steps = np.diff(offsets[:, 0])
+        even = (steps > 0).all() and (steps == steps[0]).all() and \
+            (offsets[:, 1] == y0).all() and (offsets[:, 2] == x0).all()
+    else:
+        steps, even = np.array([1]), True
+    if not even:
+        return np.stack([arr[:, z:z + d, y:y + h, x:x + w] for z, y, x in offsets])
+    base = arr[:, z0:, y0:y0 + h, x0:x0 + w]
+    sc, sz, sy, sx = base.strides
+    return np.lib.stride_tricks.as_strided(
+        base, shape=(len(offsets), arr.shape[0], d, h, w),
+        strides=(int(steps[0]) * sz, sc, sz, sy, sx), writeable=False)
+
+
 def sliding_window(volume: np.ndarray, predictor: Predictor,
                    window: int | Sequence[int], stride: int | Sequence[int] | None = None,
                    blend: Blend = "mean", batch_size: int = 4, pad_value: float | None = None,
@@ -451,7 +477,9 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
 
     Args:
         volume: float32 array (C, D, H, W), or (D, H, W) read as C = 1.
-        predictor: callable taking float32 (B, C, d, h, w) and returning (B, C', d, h, w).
+        predictor: callable taking float32 (B, C, d, h, w) and returning (B, C', d, h, w). The
+            batch may be a read-only strided view of the volume (no copy); a predictor that
+            needs contiguous memory makes it so (ONNX Runtime does).
         window: (d, h, w) window size in voxels (an int means a cube).
         stride: (sd, sh, sw) step in voxels; defaults to the window (no overlap).
         blend: "mean" (uniform average, Choi et al. 2021) or "gaussian".
@@ -511,7 +539,7 @@ def sliding_window(volume: np.ndarray, predictor: Predictor,
     result: np.ndarray = np.empty(0, np.float32)
     done = 0
     for batch_offsets in _iter_batches(offsets, batch_size):
-        batch = np.stack([arr[:, z:z + d, y:y + h, x:x + w] for z, y, x in batch_offsets])
+        batch = _window_batch(arr, batch_offsets, win)
         out = np.asarray(predictor(batch))
         if out.ndim != 5 or out.shape[0] != len(batch_offsets) or tuple(out.shape[2:]) != win:
             raise InputError(f"predictor returned shape {out.shape} for a batch of shape "

@@ -30,11 +30,14 @@ void overlap_finalize(float* sum, const float* weight, int64_t C, int64_t D, int
 // so windows of one batch may overlap each other without races, and each destination row is
 // read and written once per batch however many windows cover it.
 //   ring:     float32 [C, L, H, W]
-//   windows:  float32 [B, C, d, h, w]; offsets int64 [B, 3]
+//   windows:  float32 [B, C, d, h, w] with element strides (sb, sc, sz, sy) and unit stride
+//             along w, so a batch may be a zero-copy view of overlapping windows
+//   offsets:  int64 [B, 3]
 // The caller guarantees that the batch spans at most L slices and lies inside the volume.
 void ring_accumulate(float* ring, int64_t C, int64_t L, int64_t H, int64_t W,
-                     const float* windows, const int64_t* offsets, int64_t B, int64_t d,
-                     int64_t h, int64_t w, const float* wz, const float* wy, const float* wx);
+                     const float* windows, const int64_t* strides, const int64_t* offsets,
+                     int64_t B, int64_t d, int64_t h, int64_t w, const float* wz,
+                     const float* wy, const float* wx);
 
 // Finalise volume slices [z0, z1) from the ring: out[c, z - z0, y, x] =
 // ring[c, z % L, y, x] / (nz[z] * ny[y] * nx[x]) (the analytic sum of weights), then zero those

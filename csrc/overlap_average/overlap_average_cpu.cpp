@@ -77,8 +77,9 @@ void overlap_finalize(float* sum, const float* weight, int64_t C, int64_t D, int
 namespace vcesdk {
 
 void ring_accumulate(float* ring, int64_t C, int64_t L, int64_t H, int64_t W,
-                     const float* windows, const int64_t* offsets, int64_t B, int64_t d,
-                     int64_t h, int64_t w, const float* wz, const float* wy, const float* wx) {
+                     const float* windows, const int64_t* strides, const int64_t* offsets,
+                     int64_t B, int64_t d, int64_t h, int64_t w, const float* wz,
+                     const float* wy, const float* wx) {
   if (B <= 0) return;
   int64_t zmin = offsets[0], zmax = offsets[0] + d, ymin = offsets[1], ymax = offsets[1] + h;
   for (int64_t b = 1; b < B; ++b) {
@@ -87,8 +88,7 @@ void ring_accumulate(float* ring, int64_t C, int64_t L, int64_t H, int64_t W,
     ymin = offsets[3 * b + 1] < ymin ? offsets[3 * b + 1] : ymin;
     ymax = offsets[3 * b + 1] + h > ymax ? offsets[3 * b + 1] + h : ymax;
   }
-  const int64_t win_channel = d * h * w;
-  const int64_t win_size = C * win_channel;
+  const int64_t sb = strides[0], sc = strides[1], sz = strides[2], sy = strides[3];
   const int64_t ring_channel = L * H * W;
   const int64_t nz = zmax - zmin, ny = ymax - ymin;
   // One destination row (volume slice z, row y) per iteration: all windows of the batch that
@@ -103,10 +103,10 @@ void ring_accumulate(float* ring, int64_t C, int64_t L, int64_t H, int64_t W,
         const int64_t lz = z - oz, ly = y - oy;
         if (lz < 0 || lz >= d || ly < 0 || ly >= h) continue;
         const float wzy = (wz ? wz[lz] : 1.0f) * (wy ? wy[ly] : 1.0f);
-        const float* src = windows + b * win_size + (lz * h + ly) * w;
+        const float* src = windows + b * sb + lz * sz + ly * sy;
         for (int64_t c = 0; c < C; ++c) {
           float* __restrict dst = ring + c * ring_channel + dst_row + ox;
-          const float* __restrict s = src + c * win_channel;
+          const float* __restrict s = src + c * sc;
           if (wx != nullptr) {
 #pragma omp simd
             for (int64_t i = 0; i < w; ++i) dst[i] += s[i] * (wzy * wx[i]);
