@@ -154,13 +154,41 @@ def _peak_rss_mb() -> float:
 
 
 def _time(run, repeats: int) -> list[float]:
-    run()  # warm-up (allocations, caches, thread pools)
+    for _ in range(2):  # warm-up (allocator, page tables, caches, thread pools)
+        run()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
     return times
+
+
+def long_scan(depth: int, stride: int = 1) -> dict:
+    """Peak memory of sliding_window on a long 512 x 512 scan: identity model, stride 1, output
+    handed out slice by slice (on_slices) so only the input and the accumulator are held."""
+    from vcesdk import sliding_window
+    from vcesdk.stitch import StreamingStitcher
+
+    vol = np.zeros((1, depth, 512, 512), np.float32)
+    vol[:] = 1.0  # touch the input so it counts in the baseline
+    base = _peak_rss_mb()
+    got = [0]
+
+    def on_slices(z0: int, slab: np.ndarray) -> None:
+        got[0] += slab.shape[1]
+
+    t = time.perf_counter()
+    sliding_window(vol, lambda b: b, WINDOW, (stride, 512, 512), batch_size=4,
+                   on_slices=on_slices)
+    elapsed = time.perf_counter() - t
+    ring = StreamingStitcher((depth, 512, 512), 1, WINDOW, (stride, 512, 512),
+                             max_batch=4).ring_bytes
+    window_mb = 16 * 512 * 512 * 4 / 2**20
+    return {"slices": depth, "stride": stride, "slices_out": got[0], "ms": 1e3 * elapsed,
+            "input_mb": vol.nbytes / 2**20, "rss_added_mb": _peak_rss_mb() - base,
+            "ring_mb": ring / 2**20, "window_mb": window_mb,
+            "accumulator_windows": ring / 2**20 / window_mb}
 
 
 def one(kind: str, method: str, depth: int, stride: int, blend: str, repeats: int) -> dict:
@@ -219,11 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, nargs="+", default=[96, 256])
     p.add_argument("--strides", type=int, nargs="+", default=[1, 2, 8])
     p.add_argument("--blends", nargs="+", default=["mean", "gaussian"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--long-scan", type=int, default=1000, metavar="SLICES",
+                   help="also measure streaming memory on a scan this long (0 = skip)")
     p.add_argument("--skip-sliding", action="store_true")
     p.add_argument("--one", nargs=5, metavar=("KIND", "METHOD", "SLICES", "STRIDE", "BLEND"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.one and args.one[0] == "long":
+        print(json.dumps(long_scan(int(args.one[2]), int(args.one[3]))))
+        return 0
     if args.one:
         kind, method, depth, stride, blend = args.one
         print(json.dumps(one(kind, method, int(depth), int(stride), blend, args.repeats)))
@@ -253,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                           f"{method:32s} {msg}", flush=True)
                 _ratios(case)
                 report["cases"].append(case)
+    if args.long_scan:
+        report["long_scan"] = _child(["long", "sliding_window", str(args.long_scan), "1",
+                                      "mean"], 1)
+        ls = report["long_scan"]
+        print(f"long scan {ls.get('slices')} slices: input {ls.get('input_mb', 0):.0f} MB, "
+              f"added peak RSS {ls.get('rss_added_mb', 0):.0f} MB, accumulator ring "
+              f"{ls.get('ring_mb', 0):.0f} MB = {ls.get('accumulator_windows', 0):.2f} windows, "
+              f"{ls.get('ms', 0):.0f} ms", flush=True)
     with open(args.json, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {args.json}")
