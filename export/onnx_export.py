@@ -11,15 +11,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .formats import TOLERANCE_HU
+
 _logger = logging.getLogger(__name__)
 
 OPSET = 17
 INPUT_NAME = "ncct"
 OUTPUT_NAME = "scect"
-# Parity tolerance for fp32 ONNX Runtime against eager PyTorch, in HU of the output range.
-# Float32 reordering of convolutions gives ~1e-5 relative; 0.5 HU is far below image noise
-# (~10-20 HU) and below the 1 HU integer rounding of a DICOM output.
-FP32_TOLERANCE_HU = 0.5
+FP32_TOLERANCE_HU = TOLERANCE_HU["fp32"]
 
 
 def export_onnx(generator: torch.nn.Module, path: str | os.PathLike,

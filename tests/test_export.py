@@ -81,10 +81,65 @@ def test_checkpoint_to_bundle_runs_in_the_runtime(tiny_checkpoint, abdomen_volum
 def test_failed_parity_writes_nothing(tiny_checkpoint, abdomen_volume, tmp_path, monkeypatch):
     import vcesdk.export.bundle_writer as bw
 
-    monkeypatch.setattr(bw, "FP32_TOLERANCE_HU", -1.0)
-    monkeypatch.setattr(bw, "onnx_parity", lambda *a, **k: {
-        "max_abs_hu": 3.0, "tolerance_hu": -1.0, "windows": 1, "passed": False,
+    monkeypatch.setitem(bw.PARITY, "onnx", lambda *a, **k: {
+        "max_abs_hu": 3.0, "tolerance_hu": 0.5, "windows": 1, "passed": False,
         "provider": "CPUExecutionProvider"})
-    with pytest.raises(BundleError, match="ONNX parity failed"):
+    with pytest.raises(BundleError, match=r"onnx parity failed: max \|onnx - eager\| = 3.000 HU"):
         export_bundle(tiny_checkpoint, tmp_path / "b", abdomen_volume)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_torchscript_export_parity_and_runtime_backend(tiny_checkpoint, abdomen_volume,
+                                                      tmp_path):
+    out = export_bundle(tiny_checkpoint, tmp_path / "bundle", abdomen_volume,
+                        formats="onnx,torchscript")
+    m = json.loads((out / "manifest.json").read_text())
+    ts = m["files"]["model.ts"]
+    assert ts["format"] == "torchscript" and ts["precision"] == "fp32" and ts["frozen"] is True
+    assert ts["parity"]["max_abs_hu"] <= ts["parity"]["tolerance_hu"] == 0.5
+    a = vcesdk.Synthesizer(out, providers=["TorchScript"])
+    b = vcesdk.Synthesizer(out, providers=["CPUExecutionProvider"])
+    assert a.provider == "TorchScript:cpu" and b.provider == "CPUExecutionProvider"
+    ra, rb = a.synthesize(abdomen_volume), b.synthesize(abdomen_volume)
+    np.testing.assert_allclose(ra.hu, rb.hu, atol=0.5)  # the two backends agree within 0.5 HU
+
+
+def test_format_table_refuses_unknown_formats_and_options(tiny_checkpoint, abdomen_volume,
+                                                         tmp_path):
+    from vcesdk.errors import InputError
+    from vcesdk.export.formats import FORMATS, check_options, parse_formats
+
+    assert [f.name for f in parse_formats("onnx, torchscript,onnx")] == ["onnx", "torchscript"]
+    with pytest.raises(InputError, match=r"unknown export format 'tensorrtt'; valid: onnx, "
+                                         r"torchscript, tensorrt, torch_tensorrt; did you mean "
+                                         r"'tensorrt'\?"):
+        parse_formats("onnx,tensorrtt")
+    with pytest.raises(InputError, match=r"takes no option 'opsett'.*did you mean 'opset'"):
+        check_options(FORMATS["onnx"], {"opsett": 17})
+    with pytest.raises(InputError, match=r"precision='fp16' is not allowed; choose one of fp32"):
+        check_options(FORMATS["onnx"], {"precision": "fp16"})
+    assert check_options(FORMATS["torchscript"], {"mode": "trace"}) == {
+        "mode": "trace", "freeze": True, "precision": "fp32"}
+    assert FORMATS["tensorrt"].needs_gpu and not FORMATS["onnx"].needs_gpu
+    with pytest.raises(InputError, match="bogus"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", abdomen_volume, formats="bogus")
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_cli_from_a_bundle(tmp_path, abdomen_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "vcesdk.cli", "export",
+                           str(vcesdk.DEFAULT_BUNDLE), "-o", str(tmp_path / "re"), "--format",
+                           "onnx,torchscript", "--parity-input", str(abdomen_path), "--demo"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnx parity" in proc.stdout and "torchscript parity" in proc.stdout, proc.stdout
+    m = json.loads((tmp_path / "re" / "manifest.json").read_text())
+    assert set(m["files"]) == {"model.onnx", "model.ts", "generator.pt"}
+    proc = subprocess.run([sys.executable, "-m", "vcesdk.cli", "export",
+                           str(vcesdk.DEFAULT_BUNDLE), "-o", str(tmp_path / "x"), "--format",
+                           "onnx,tensorrtt", "--parity-input", str(abdomen_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "did you mean 'tensorrt'" in proc.stderr

@@ -87,26 +87,32 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     try:
         from .export import export_bundle
+        from .export.bundle_writer import checkpoint_from_bundle
+        from .export.formats import parse_formats
         from .training.trainer import load_checkpoint
     except ImportError as exc:
         raise VcesdkError(f"export needs the train and export extras ({exc.name} missing): "
                           f"pip install 'vcesdk[train,export]'") from None
     from .volume import read_volume
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    unknown = [f for f in formats if f != "onnx"]
-    if unknown:
-        raise InputError(f"unknown or not yet supported export format(s) {unknown}; valid: onnx")
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except FileNotFoundError as exc:
-        raise InputError(str(exc)) from None
+    formats = [f.name for f in parse_formats(args.format)]
+    src = Path(args.checkpoint)
+    if (src / "manifest.json").is_file():
+        ckpt = checkpoint_from_bundle(src)
+    else:
+        try:
+            ckpt = load_checkpoint(src)
+        except FileNotFoundError as exc:
+            raise InputError(str(exc)) from None
     path = export_bundle(ckpt, args.output, read_volume(args.parity_input), demo=args.demo,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, formats=formats)
     m = json.loads((path / "manifest.json").read_text())
-    par = m["files"]["model.onnx"]["parity"]
-    print(f"bundle written: {path} (ONNX parity max |error| {par['max_abs_hu']:.4f} HU, "
-          f"tolerance {par['tolerance_hu']} HU)")
+    print(f"bundle written: {path}")
+    for name, meta in m["files"].items():
+        if "parity" in meta:
+            par = meta["parity"]
+            print(f"  {name}: {meta['format']} parity max |error| {par['max_abs_hu']:.4f} HU "
+                  f"(tolerance {par['tolerance_hu']} HU, {meta['precision']})")
     return 0
 
 
@@ -143,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synthesize)
 
-    e = sub.add_parser("export", help="training checkpoint -> model bundle")
-    e.add_argument("checkpoint", help="checkpoint.pt or a run folder holding one")
+    e = sub.add_parser("export", help="training checkpoint or bundle -> model bundle")
+    e.add_argument("checkpoint", help="checkpoint.pt, a run folder holding one, or a bundle")
     e.add_argument("-o", "--output", required=True, help="bundle folder to create")
-    e.add_argument("--format", default="onnx", help="comma-separated formats (onnx)")
+    e.add_argument("--format", default="onnx",
+                   help="comma-separated formats: onnx, torchscript (tensorrt and "
+                        "torch_tensorrt need a GPU machine)")
     e.add_argument("--parity-input", required=True,
                    help="real CT (file or DICOM folder) whose windows check the export")
     e.add_argument("--demo", action="store_true", help="mark as a demonstration model")

@@ -64,22 +64,30 @@ def _round_up(n: int, m: int) -> int:
 
 
 def resolve_providers(requested: Sequence[str] | None) -> list[str]:
-    """ONNX Runtime providers to try, in order, filtered to those available here.
+    """Providers to try, in order, filtered to those available here.
+
+    Valid names are ONNX Runtime's execution providers plus "TorchScript" and
+    "TorchScript:cuda" (see :mod:`vcesdk.backends`).
 
     Args:
-        requested: provider names in order of preference; None for TensorRT, CUDA, CPU.
+        requested: provider names in order of preference; None for TensorRT, CUDA, CPU (ONNX
+            Runtime).
 
     Returns:
         The available ones, in the requested order.
 
     Raises:
-        ProviderError: a name ONNX Runtime does not know (the message lists the valid ones),
-            or none of the requested providers is available in this installation.
+        ProviderError: a name that is not a provider (the message lists the valid ones), or
+            none of the requested providers is available in this installation.
     """
     import onnxruntime as ort
 
-    known = ort.get_all_providers()
-    available = ort.get_available_providers()
+    from .backends import TORCHSCRIPT_PROVIDERS, torchscript_available
+
+    known = list(ort.get_all_providers()) + list(TORCHSCRIPT_PROVIDERS)
+    available = list(ort.get_available_providers())
+    available += [p for p in TORCHSCRIPT_PROVIDERS
+                  if torchscript_available("cuda" if p.endswith(":cuda") else "cpu")]
     names = list(DEFAULT_PROVIDER_ORDER if requested is None else requested)
     if not names:
         raise ProviderError("providers is empty; valid: " + ", ".join(known))
@@ -89,9 +97,26 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
                                 f"{', '.join(known)}")
     chosen = [n for n in names if n in available]
     if not chosen:
-        raise ProviderError(f"none of {', '.join(names)} is available in this onnxruntime "
-                            f"installation (available: {', '.join(available)})")
+        raise ProviderError(f"none of {', '.join(names)} is available in this installation "
+                            f"(available: {', '.join(available)})")
     return chosen
+
+
+def open_backend(bundle: Bundle, providers: Sequence[str], intra_op_threads: int = 0):
+    """The backend for the first usable provider: ONNX Runtime (with the following ONNX
+    Runtime providers as its fallbacks for unsupported nodes) or TorchScript.
+
+    Raises:
+        BundleError: the chosen provider needs a model file the bundle does not have.
+    """
+    from .backends import TORCHSCRIPT_PROVIDERS, OrtBackend, TorchScriptBackend
+
+    first = providers[0]
+    if first in TORCHSCRIPT_PROVIDERS:
+        return TorchScriptBackend(bundle.file("model", "torchscript"),
+                                  "cuda" if first.endswith(":cuda") else "cpu")
+    ort_chain = [p for p in providers if p not in TORCHSCRIPT_PROVIDERS]
+    return OrtBackend(bundle.file("model", "onnx"), ort_chain, intra_op_threads)
 
 
 def plan_windows(bundle: Bundle, shape: Sequence[int]
@@ -175,8 +200,10 @@ class Synthesizer:
     Args:
         bundle: path of a bundle folder (default :data:`vcesdk.DEFAULT_BUNDLE`) or a loaded
             :class:`~vcesdk.bundle.Bundle`.
-        providers: ONNX Runtime execution providers in order of preference, e.g.
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]; None tries TensorRT, CUDA, CPU.
+        providers: providers in order of preference: ONNX Runtime execution providers (e.g.
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]) or "TorchScript" /
+            "TorchScript:cuda" (the bundle's TorchScript file); None tries TensorRT, CUDA,
+            CPU through ONNX Runtime. The first available one is used (:attr:`provider`).
         intra_op_threads: ONNX Runtime intra-op threads (0 = its default).
 
     Attributes:
@@ -191,20 +218,13 @@ class Synthesizer:
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  providers: Sequence[str] | None = None, intra_op_threads: int = 0) -> None:
-        import onnxruntime as ort
-
         from . import DEFAULT_BUNDLE
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
             DEFAULT_BUNDLE if bundle is None else bundle)
-        chosen = resolve_providers(providers)
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = int(intra_op_threads)
-        model = self.bundle.file("model", "onnx")
-        self._session = ort.InferenceSession(str(model), sess_options=opts, providers=chosen)
-        self.provider = self._session.get_providers()[0]
-        self._input_name = self._session.get_inputs()[0].name
+        self._backend = open_backend(self.bundle, resolve_providers(providers),
+                                     intra_op_threads)
+        self.provider = self._backend.name
         self.last_latency: LatencyReport | None = None
         _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name, self.bundle.phase,
                      self.bundle.manifest["method"], self.provider)
@@ -218,9 +238,7 @@ class Synthesizer:
         Returns:
             float32 (B, C', d, h, w) model output in [-1, 1].
         """
-        (out,) = self._session.run(None, {self._input_name: np.ascontiguousarray(
-            batch, dtype=np.float32)})
-        return out
+        return self._backend.run(batch)
 
     def _to_input_grid(self, model_grid: CTVolume, vol: CTVolume, default_hu: float
                        ) -> np.ndarray:
