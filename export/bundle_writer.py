@@ -9,7 +9,6 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
 import vcesdk

@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import BundleError
 from .intensity import Window, windows_from_manifest
+from .volume import is_orientation_code
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -156,9 +157,7 @@ def validate_manifest(m: Any) -> dict:
             isinstance(v, (int, float)) and v > 0 for v in sp),
             f"manifest: input.resample.spacing_mm must be three positive numbers, got {sp!r}")
     orient = inp.get("orientation", "LPS")
-    _require(isinstance(orient, str) and len(orient) == 3 and sorted(
-        orient.upper().replace("R", "L").replace("A", "P").replace("I", "S")) == ["L", "P", "S"],
-        f"manifest: input.orientation must be three letters like 'LPS', got {orient!r}")
+    _require(is_orientation_code(orient), f"manifest: input.orientation must be three letters like 'LPS', got {orient!r}")
     out = _get(m, "output", "")
     hr = _get(out, "hu_range", "output.")
     _require(isinstance(hr, list) and len(hr) == 2 and hr[0] < hr[1],

@@ -67,8 +67,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         write_volume(scect, vol_path, like=vol,
                      series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
         # shown in radiological convention (LPS: anterior up, patient's left on the right)
-        preview_strip(orient_volume(vol).hu, orient_volume(scect).hu, tmp / "preview.png",
-                      spacing_mm=orient_volume(vol).spacing_mm)
+        shown = orient_volume(vol)
+        preview_strip(shown.hu, orient_volume(scect).hu, tmp / "preview.png",
+                      spacing_mm=shown.spacing_mm)
         report = {
             "input": str(src), "output": vol_path.name, "preview": "preview.png",
             "bundle": syn.bundle.name, "phase": phase, "method": manifest["method"],

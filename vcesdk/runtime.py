@@ -11,7 +11,6 @@ import logging
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -267,8 +266,7 @@ class Synthesizer:
         prep = prepare_model_input(b, vol)
         work, window, stride = prep.work, prep.window, prep.stride
         shape = work.shape
-        padded = prep.channels.shape[1:]
-        n_windows = len(window_grid(padded, window, stride))
+        n_windows = len(window_grid(prep.channels.shape[1:], window, stride))
         times: list[tuple[float, int]] = []
         done = [0]
 

@@ -263,6 +263,12 @@ def orientation_code(vol: CTVolume) -> str:
         tuple(float(v) for v in vol.direction.ravel()))
 
 
+def is_orientation_code(code: object) -> bool:
+    """True for a three-letter orientation code naming each of the axes L/R, P/A, S/I once."""
+    return isinstance(code, str) and len(code) == 3 and sorted(
+        code.upper().replace("R", "L").replace("A", "P").replace("I", "S")) == ["L", "P", "S"]
+
+
 def orient_volume(vol: CTVolume, code: str = "LPS") -> CTVolume:
     """The same voxels with axes permuted and flipped to the orientation `code` (exact: no
     interpolation). Source headers are dropped (slice order may change).
@@ -273,8 +279,7 @@ def orient_volume(vol: CTVolume, code: str = "LPS") -> CTVolume:
     import SimpleITK as sitk
 
     code = code.upper()
-    if len(code) != 3 or sorted(code.replace("R", "L").replace("A", "P").replace("I", "S")) \
-            != ["L", "P", "S"]:
+    if not is_orientation_code(code):
         raise InputError(f"orientation must be three letters like 'LPS' or 'RAS', got {code!r}")
     if orientation_code(vol) == code:
         return vol
