@@ -9,18 +9,20 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 import vcesdk
 from vcesdk.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file, validate_manifest
-from vcesdk.errors import BundleError, InputError
+from vcesdk.errors import BundleError, InputError, MissingDependencyError
 from vcesdk.fileio import atomic_output
 from vcesdk.runtime import prepare_model_input
 from vcesdk.volume import CTVolume
 
 from .formats import TOLERANCE_HU, check_options, parse_formats
-from .onnx_export import export_onnx, onnx_parity
-from .torchscript_export import export_torchscript, torchscript_parity
+from .onnx_export import export_onnx
+from .parity import eager_runner, measure_parity
+from .torchscript_export import export_torchscript
 
 _logger = logging.getLogger(__name__)
 
@@ -73,10 +75,54 @@ def _manifest(recipe: dict, network: dict, multiple_of: tuple[int, int, int], de
     }
 
 
+TARGETS: tuple[str, ...] = ("local", "jetson")
+ENGINE_FILE = "model.engine"
+BUILD_SCRIPT = "build_engine.sh"
+
+
+def _check_gpu_formats(names: Sequence[str], target: str) -> None:
+    """Fail before any work when a GPU format cannot be built here (clear install hint)."""
+    from vcesdk.engines import local_gpu_environment
+
+    if "tensorrt" in names and "onnx" not in names:
+        raise InputError("TensorRT engines are built from the ONNX export: use --format "
+                         "onnx,tensorrt")
+    if "torch_tensorrt" in names or ("tensorrt" in names and target == "local"):
+        local_gpu_environment()
+    if "torch_tensorrt" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("torch_tensorrt") is None:
+            raise MissingDependencyError("torch-tensorrt is not installed: pip install "
+                                         "'vcesdk[gpu]' on a machine with an NVIDIA GPU")
+
+
+def calibration_windows(bundle, volumes: Sequence[CTVolume], shape: Sequence[int],
+                        max_batches: int = 64) -> list[np.ndarray]:
+    """INT8 calibration batches of one shape from real CT volumes, prepared exactly as the
+    runtime prepares them (see :func:`vcesdk.export.tensorrt_export.fit_windows`).
+
+    Raises:
+        InputError: the volumes give no complete batch.
+    """
+    from vcesdk.intensity import hu_to_channels
+
+    from .tensorrt_export import fit_windows
+
+    pad = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
+    batches: list[np.ndarray] = []
+    for vol in volumes:
+        batches += fit_windows(prepare_model_input(bundle, vol).windows(), shape, pad)
+    if not batches:
+        raise InputError(f"calibration volumes gave no complete batch of shape {list(shape)}")
+    return batches[:max_batches]
+
+
 def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
                   parity_volume: CTVolume, demo: bool = False, max_parity_windows: int = 4,
                   overwrite: bool = False, formats: Sequence[str] | str = ("onnx",),
-                  options: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+                  options: Mapping[str, Mapping[str, Any]] | None = None,
+                  target: str = "local", calib_volumes: Sequence[CTVolume] = ()) -> Path:
     """Export a checkpoint's generator to a bundle folder (manifest.json, one model file per
     format, generator.pt), each export checked against eager PyTorch on the same real-CT
     windows and its parity recorded in the manifest.
@@ -91,26 +137,43 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         max_parity_windows: windows compared.
         overwrite: replace an existing bundle folder.
         formats: export formats from :data:`vcesdk.export.formats.FORMATS` ("onnx",
-            "torchscript", ...), in order; the first is the default model file.
+            "torchscript", "tensorrt", "torch_tensorrt"), in order; tensorrt needs onnx.
         options: per-format options, checked against the format table.
+        target: "local" (GPU formats are built here) or "jetson" (the TensorRT engine is
+            built on the device: the bundle carries the ONNX file, the profiles in
+            manifest.engine_build and build_engine.sh; run ``vcesdk build-engine`` there).
+        calib_volumes: real CT volumes for int8 calibration.
 
     Returns:
         The bundle folder.
 
     Raises:
-        InputError: unknown format or option.
+        InputError: unknown format, option or target; tensorrt without onnx; int8 without
+            calibration volumes.
+        MissingDependencyError: a GPU format needs TensorRT / torch-tensorrt / a CUDA GPU that
+            this machine lacks (the message names what to install).
         BundleError: an export differs from eager PyTorch by more than its precision's
             tolerance (nothing is written).
     """
     from vcesdk.training.trainer import generator_from_checkpoint
 
+    from vcesdk.bundle import bundle_from_manifest
+    from vcesdk.engines import engine_profiles, sidecar_path
+
+    from .tensorrt_export import build_engine, build_script, export_torch_tensorrt
+
     fmts = parse_formats(formats)
     opts = {f.name: check_options(f, (options or {}).get(f.name, {})) for f in fmts}
-    for f in fmts:
-        if f.name not in EXPORTERS:
-            raise InputError(f"export format {f.name!r} needs a GPU build step: run "
-                             f"'vcesdk build-engine' on the target machine (not available in "
-                             f"this version)")
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    names = [f.name for f in fmts]
+    if target != "local" and "tensorrt" not in names:
+        raise InputError(f"--target {target} applies to TensorRT engines: add tensorrt to "
+                         f"--format")
+    if opts.get("tensorrt", {}).get("precision") == "int8" and target == "local" \
+            and not calib_volumes:
+        raise InputError("int8 needs calibration CT volumes (--calib DIR)")
+    _check_gpu_formats(names, target)
     gen = generator_from_checkpoint(checkpoint)
     recipe = checkpoint["recipe"]
     network = {"name": checkpoint["network"]["name"], "config": checkpoint["network"]["config"]}
@@ -122,36 +185,168 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         in_channels = len(recipe["model_io"]["windows"])
         example = (1, in_channels, d, multiple[1] * 4, multiple[2] * 4)
         files: dict[str, dict] = {}
+        manifest["files"] = files
         for f in fmts:
-            name = f"model{f.suffix}"
-            meta = EXPORTERS[f.name](gen, tmp / name, example, opts[f.name])
-            files[name] = {"sha256": sha256_file(tmp / name), "role": "model",
-                           "format": f.name, "precision": opts[f.name]["precision"], **meta}
+            if f.name in GRAPH_EXPORTERS:
+                name = f"model{f.suffix}"
+                meta = GRAPH_EXPORTERS[f.name](gen, tmp / name, example, opts[f.name])
+                files[name] = {"role": "model", "format": f.name,
+                               "precision": opts[f.name]["precision"], **meta}
+        bundle = bundle_from_manifest(tmp, manifest)
+        for f in fmts:
+            o = opts[f.name]
+            if f.name not in ("tensorrt", "torch_tensorrt"):
+                continue
+            profiles = engine_profiles(bundle, o.get("max_batch"))
+            if f.name == "torch_tensorrt":
+                side = export_torch_tensorrt(gen, tmp / "model.ep", profiles, o["precision"])
+                files["model.ep"] = {"role": "model", "format": f.name,
+                                     "precision": o["precision"], "sidecar": "model.ep.json"}
+                files["model.ep.json"] = {"role": "sidecar", "format": "json",
+                                          "describes": "model.ep", **_env_of(side)}
+            elif target == "local":
+                calib = None
+                if o["precision"] == "int8":
+                    calib = calibration_windows(bundle, calib_volumes,
+                                                profiles["ncct"]["opt"])
+                side = build_engine(tmp / "model.onnx", tmp / ENGINE_FILE, profiles,
+                                    o["precision"], o.get("workspace_gb", 4), calib)
+                files[ENGINE_FILE] = {"role": "model", "format": "tensorrt",
+                                      "precision": o["precision"],
+                                      "sidecar": sidecar_path(ENGINE_FILE).name}
+                files[sidecar_path(ENGINE_FILE).name] = {"role": "sidecar", "format": "json",
+                                                         "describes": ENGINE_FILE,
+                                                         **_env_of(side)}
+            else:
+                ws = o.get("workspace_gb", 4)
+                (tmp / BUILD_SCRIPT).write_text(
+                    build_script("model.onnx", ENGINE_FILE, profiles, o["precision"], ws),
+                    encoding="utf-8")
+                (tmp / BUILD_SCRIPT).chmod(0o755)
+                files[BUILD_SCRIPT] = {"role": "build-script", "format": "sh"}
+                manifest["engine_build"] = {
+                    "target": target, "precision": o["precision"], "workspace_gb": ws,
+                    "profiles": profiles, "onnx": "model.onnx", "engine": ENGINE_FILE,
+                    "command": f"vcesdk build-engine BUNDLE --precision {o['precision']} "
+                               f"--parity-input CT"}
         torch.save({"generator": gen.state_dict(), "network": network, "recipe": recipe,
                     "step": int(checkpoint.get("step", 0))}, tmp / WEIGHTS_FILE)
-        files[WEIGHTS_FILE] = {"sha256": sha256_file(tmp / WEIGHTS_FILE), "role": "weights",
-                               "format": "torch-state-dict",
+        files[WEIGHTS_FILE] = {"role": "weights", "format": "torch-state-dict",
                                "load": "torch.load(path, weights_only=True)"}
-        manifest["files"] = files
-        validate_manifest(manifest)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        bundle = load_bundle(tmp)
         windows = prepare_model_input(bundle, parity_volume).windows(max_parity_windows)
-        for f in fmts:
-            name = f"model{f.suffix}"
-            tol = TOLERANCE_HU[opts[f.name]["precision"]]
-            parity = PARITY[f.name](gen, tmp / name, [w[None] for w in windows],
-                                    bundle.output_hu, tol)
+        reference = eager_runner(gen)
+        for name, meta in files.items():
+            if meta["role"] != "model":
+                continue
+            tol = TOLERANCE_HU[meta["precision"]]
+            parity = measure_parity(reference, _runner(meta["format"], tmp / name, tmp),
+                                    [w[None] for w in windows], bundle.output_hu, tol,
+                                    _PROVIDER[meta["format"]])
             if not parity["passed"]:
-                raise BundleError(f"{f.name} parity failed: max |{f.name} - eager| = "
-                                  f"{parity['max_abs_hu']:.3f} HU > {tol} HU tolerance")
-            files[name]["parity"] = {
+                raise BundleError(f"{meta['format']} parity failed: max |{meta['format']} - "
+                                  f"eager| = {parity['max_abs_hu']:.3f} HU > {tol} HU "
+                                  f"tolerance")
+            meta["parity"] = {
                 "max_abs_hu": round(parity["max_abs_hu"], 6), "tolerance_hu": tol,
                 "reference": "eager PyTorch fp32 (CPU)", "provider": parity["provider"],
                 "windows": parity["windows"], "window_shape": list(windows.shape[1:])}
-            _logger.info("%s parity %.4f HU (tolerance %s HU)", f.name, parity["max_abs_hu"],
-                         tol)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            _logger.info("%s parity %.4f HU (tolerance %s HU)", name, parity["max_abs_hu"], tol)
+        _write_manifest(tmp, manifest)
+    return final
+
+
+def _env_of(sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: sidecar[k] for k in ("gpu_name", "compute_capability", "tensorrt", "cuda")}
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    """Checksum every listed file, validate, write manifest.json, verify by loading."""
+    for name, meta in manifest["files"].items():
+        meta["sha256"] = sha256_file(folder / name)
+    validate_manifest(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    load_bundle(folder)
+
+
+_PROVIDER = {"onnx": "CPUExecutionProvider", "torchscript": "torchscript:cpu",
+             "tensorrt": "TensorRTEngine", "torch_tensorrt": "TorchTensorRT"}
+
+
+def _runner(fmt: str, path: Path, bundle_dir: Path):
+    """batch -> output of one exported model file, run as the runtime runs it."""
+    if fmt == "onnx":
+        from vcesdk.backends import OrtBackend
+
+        return OrtBackend(path, ["CPUExecutionProvider"]).run
+    from vcesdk.backends import BUNDLE_PROVIDERS, open_bundle_backend
+
+    name = next(p for p, (f, _) in BUNDLE_PROVIDERS.items() if f == fmt)
+    return open_bundle_backend(name, path, bundle_dir).run
+
+
+def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
+                        precision: str = "fp32", workspace_gb: float = 4,
+                        max_batch: int | None = None, calib_volumes: Sequence[CTVolume] = (),
+                        max_parity_windows: int = 4) -> Path:
+    """Build the TensorRT engine of a bundle on this machine (``vcesdk build-engine``), as on
+    a Jetson for a bundle exported with ``--target jetson``.
+
+    The engine is built from the bundle's verified ONNX file with the profiles of its
+    manifest, gets a sidecar, and is checked against ONNX Runtime (CPU) on the bundle's ONNX
+    file over real-CT windows (the ONNX file itself passed parity against eager PyTorch at
+    export). The bundle is updated atomically: a copy is changed and renamed into place.
+
+    Raises:
+        MissingDependencyError: no TensorRT or CUDA GPU here.
+        BundleError: the bundle has no ONNX model, the build fails, or parity fails.
+        InputError: int8 without calibration volumes.
+    """
+    import shutil
+
+    from vcesdk.bundle import bundle_from_manifest
+    from vcesdk.engines import engine_profiles, sidecar_path
+
+    from .tensorrt_export import build_engine
+
+    check_options(parse_formats("tensorrt")[0], {"precision": precision})
+    if precision == "int8" and not calib_volumes:
+        raise InputError("int8 needs calibration CT volumes (--calib DIR)")
+    src = load_bundle(bundle_path)
+    onnx_file = src.file("model", "onnx")
+    from vcesdk.engines import local_gpu_environment
+
+    local_gpu_environment()
+    final = Path(bundle_path)
+    with atomic_output(final, is_dir=True, overwrite=True) as tmp:
+        shutil.copytree(final, tmp, dirs_exist_ok=True)
+        manifest = json.loads((tmp / MANIFEST).read_text(encoding="utf-8"))
+        plan = manifest.get("engine_build") or {}
+        bundle = bundle_from_manifest(tmp, manifest)
+        profiles = plan.get("profiles") or engine_profiles(bundle, max_batch)
+        calib = (calibration_windows(bundle, calib_volumes, profiles["ncct"]["opt"])
+                 if precision == "int8" else None)
+        side = build_engine(tmp / onnx_file.name, tmp / ENGINE_FILE, profiles, precision,
+                            workspace_gb, calib)
+        files = manifest["files"]
+        files[ENGINE_FILE] = {"role": "model", "format": "tensorrt", "precision": precision,
+                              "sidecar": sidecar_path(ENGINE_FILE).name}
+        files[sidecar_path(ENGINE_FILE).name] = {"role": "sidecar", "format": "json",
+                                                 "describes": ENGINE_FILE, **_env_of(side)}
+        windows = prepare_model_input(bundle, parity_volume).windows(max_parity_windows)
+        tol = TOLERANCE_HU[precision]
+        parity = measure_parity(_runner("onnx", tmp / onnx_file.name, tmp),
+                                _runner("tensorrt", tmp / ENGINE_FILE, tmp),
+                                [w[None] for w in windows], bundle.output_hu, tol,
+                                "TensorRTEngine")
+        if not parity["passed"]:
+            raise BundleError(f"TensorRT {precision} engine parity failed: max |engine - ONNX| "
+                              f"= {parity['max_abs_hu']:.3f} HU > {tol} HU tolerance")
+        files[ENGINE_FILE]["parity"] = {
+            "max_abs_hu": round(parity["max_abs_hu"], 6), "tolerance_hu": tol,
+            "reference": f"{onnx_file.name} on ONNX Runtime CPU",
+            "provider": "TensorRTEngine", "windows": parity["windows"],
+            "window_shape": list(windows.shape[1:])}
+        _write_manifest(tmp, manifest)
     return final
 
 
@@ -167,8 +362,7 @@ def _export_torchscript(gen, path: Path, example: tuple, opts: dict) -> dict:
             "note": "TorchScript is code: load only from a verified bundle"}
 
 
-EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript}
-PARITY = {"onnx": onnx_parity, "torchscript": torchscript_parity}
+GRAPH_EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript}
 
 
 def checkpoint_from_bundle(path: str | os.PathLike) -> dict[str, Any]:

@@ -51,11 +51,11 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  "TorchScript (torch.jit.script or trace, frozen); code, loaded only from "
                  "verified bundles"),
     ExportFormat("tensorrt", ".engine", True,
-                 {"precision": ("fp32", "fp16", "int8"), "workspace_gb": int, "calib": str},
+                 {"precision": ("fp32", "fp16", "int8"), "workspace_gb": int, "max_batch": int},
                  "TensorRT engine built from the ONNX file with TensorRT's Python builder; "
                  "tied to the GPU and TensorRT version that built it"),
     ExportFormat("torch_tensorrt", ".ep", True,
-                 {"precision": ("fp32", "fp16")},
+                 {"precision": ("fp32", "fp16"), "max_batch": int},
                  "torch-tensorrt dynamo compile of the generator, saved as an ExportedProgram"),
 )}
 

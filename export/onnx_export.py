@@ -11,13 +11,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vcesdk.engines import MODEL_INPUT, MODEL_OUTPUT
+
 from .formats import TOLERANCE_HU
+from .parity import eager_runner, measure_parity
 
 _logger = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT_NAME = "ncct"
-OUTPUT_NAME = "scect"
+INPUT_NAME = MODEL_INPUT
+OUTPUT_NAME = MODEL_OUTPUT
 FP32_TOLERANCE_HU = TOLERANCE_HU["fp32"]
 
 
@@ -77,16 +80,6 @@ def onnx_parity(generator: torch.nn.Module, onnx_path: str | os.PathLike,
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    scale = (float(hu_range[1]) - float(hu_range[0])) / 2.0
-    worst = 0.0
-    n = 0
-    generator = generator.eval()
-    with torch.no_grad():
-        for batch in windows:
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
-            ref = generator(torch.from_numpy(batch)).numpy()
-            (got,) = sess.run(None, {INPUT_NAME: batch})
-            worst = max(worst, float(np.abs(ref - got).max()) * scale)
-            n += len(batch)
-    return {"max_abs_hu": worst, "tolerance_hu": float(tolerance_hu), "windows": n,
-            "passed": worst <= tolerance_hu, "provider": "CPUExecutionProvider"}
+    return measure_parity(eager_runner(generator),
+                          lambda b: sess.run(None, {INPUT_NAME: b})[0], windows, hu_range,
+                          tolerance_hu, "CPUExecutionProvider")

@@ -1,11 +1,10 @@
-"""TorchScript export of a generator (scripted or traced, frozen) and its parity check."""
+"""TorchScript export of a generator (scripted or traced, frozen)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 
@@ -41,24 +40,3 @@ def export_torchscript(generator: torch.nn.Module, path: str | os.PathLike,
     p = Path(path)
     torch.jit.save(module, str(p))
     return p
-
-
-def torchscript_parity(generator: torch.nn.Module, path: str | os.PathLike,
-                       windows: Sequence[np.ndarray], hu_range: Sequence[float],
-                       tolerance_hu: float) -> dict:
-    """Compare the saved TorchScript module with eager PyTorch on the same windows.
-
-    Returns:
-        {"max_abs_hu", "tolerance_hu", "windows", "passed", "provider"}.
-    """
-    module = torch.jit.load(str(path), map_location="cpu")
-    scale = (float(hu_range[1]) - float(hu_range[0])) / 2.0
-    worst, n = 0.0, 0
-    generator = generator.eval()
-    with torch.no_grad():
-        for batch in windows:
-            x = torch.from_numpy(np.array(batch, dtype=np.float32))
-            worst = max(worst, float((generator(x) - module(x)).abs().max()) * scale)
-            n += len(batch)
-    return {"max_abs_hu": worst, "tolerance_hu": float(tolerance_hu), "windows": n,
-            "passed": worst <= tolerance_hu, "provider": "torchscript:cpu"}

@@ -81,7 +81,7 @@ def test_checkpoint_to_bundle_runs_in_the_runtime(tiny_checkpoint, abdomen_volum
 def test_failed_parity_writes_nothing(tiny_checkpoint, abdomen_volume, tmp_path, monkeypatch):
     import vcesdk.export.bundle_writer as bw
 
-    monkeypatch.setitem(bw.PARITY, "onnx", lambda *a, **k: {
+    monkeypatch.setattr(bw, "measure_parity", lambda *a, **k: {
         "max_abs_hu": 3.0, "tolerance_hu": 0.5, "windows": 1, "passed": False,
         "provider": "CPUExecutionProvider"})
     with pytest.raises(BundleError, match=r"onnx parity failed: max \|onnx - eager\| = 3.000 HU"):

@@ -5,22 +5,34 @@
   the runtime otherwise does not import). A TorchScript file is code: it is only ever loaded
   from a bundle whose SHA-256 checksums were verified.
 
-Provider names: every ONNX Runtime execution provider name, plus "TorchScript" (CPU) and
-"TorchScript:cuda".
+* :class:`~vcesdk.engines.TensorrtEngineBackend`: a bundle's TensorRT engine ("TensorRTEngine").
+* :class:`TorchTensorrtBackend`: a bundle's torch-tensorrt ExportedProgram ("TorchTensorRT").
+
+Provider names: every ONNX Runtime execution provider name, plus the names in
+:data:`BUNDLE_PROVIDERS` ("TorchScript", "TorchScript:cuda", "TensorRTEngine",
+"TorchTensorRT"), each of which runs one model file of the bundle.
+
+Thread safety: ONNX Runtime sessions and TorchScript modules may be run from several threads;
+the TensorRT backends serialise calls on their one execution context.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import ProviderError
+from .engines import (
+    TensorrtEngineBackend,
+    check_engine_compatible,
+    local_gpu_environment,
+    sidecar_path,
+    tensorrt_engine_available,
+)
+from .errors import BundleError, MissingDependencyError, ProviderError
 
 _logger = logging.getLogger(__name__)
-
-TORCHSCRIPT_PROVIDERS: tuple[str, ...] = ("TorchScript", "TorchScript:cuda")
 
 
 class Backend(Protocol):
@@ -39,17 +51,20 @@ class OrtBackend:
         model: the .onnx file.
         providers: available ONNX Runtime providers in order of preference.
         intra_op_threads: intra-op threads (0 = ONNX Runtime's default).
+        provider_options: one options dict per provider (see
+            :func:`vcesdk.engines.ort_provider_options`).
     """
 
-    def __init__(self, model: Path, providers: Sequence[str], intra_op_threads: int = 0
-                 ) -> None:
+    def __init__(self, model: Path, providers: Sequence[str], intra_op_threads: int = 0,
+                 provider_options: Sequence[dict] | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
-        self._session = ort.InferenceSession(str(model), sess_options=opts,
-                                             providers=list(providers))
+        self._session = ort.InferenceSession(
+            str(model), sess_options=opts, providers=list(providers),
+            provider_options=list(provider_options) if provider_options else None)
         self.name = self._session.get_providers()[0]
         self._input = self._session.get_inputs()[0].name
 
@@ -90,6 +105,45 @@ class TorchScriptBackend:
             return self._module(x).float().cpu().numpy()
 
 
+class TorchTensorrtBackend:
+    """A bundle's torch-tensorrt ExportedProgram (``model.ep``) on CUDA.
+
+    Args:
+        model: the .ep file of a verified bundle (its sidecar beside it).
+        bundle_path: the bundle, named in the rebuild message.
+
+    Raises:
+        MissingDependencyError: torch-tensorrt, TensorRT or a CUDA GPU is missing.
+        BundleError: an engine built for another GPU / TensorRT / CUDA.
+    """
+
+    name = "TorchTensorRT"
+
+    def __init__(self, model: Path, bundle_path: str | Path = "BUNDLE") -> None:
+        import json
+
+        env = local_gpu_environment()
+        side = sidecar_path(model)
+        if not side.is_file():
+            raise BundleError(f"{model.name} has no sidecar {side.name}; re-export it with "
+                              f"vcesdk export --format torch_tensorrt")
+        check_engine_compatible(json.loads(side.read_text(encoding="utf-8")), env, bundle_path)
+        try:
+            import torch
+            import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)
+        except ImportError:
+            raise MissingDependencyError("torch-tensorrt is not installed: pip install "
+                                         "'vcesdk[gpu]'") from None
+        self._torch = torch
+        self._module = torch.export.load(str(model)).module()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.array(batch, dtype=np.float32)).cuda()
+            return self._module(x).float().cpu().numpy()
+
+
 def torchscript_available(device: str) -> bool:
     """Whether the TorchScript backend can run here on `device`."""
     try:
@@ -97,3 +151,32 @@ def torchscript_available(device: str) -> bool:
     except ImportError:
         return False
     return device == "cpu" or torch.cuda.is_available()
+
+
+def torch_tensorrt_available() -> bool:
+    """Whether the torch-tensorrt backend can run here."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch_tensorrt") is not None and \
+        tensorrt_engine_available()
+
+
+# Providers that run one of the bundle's own model files (not ONNX Runtime):
+# name -> (bundle file format, availability check).
+BUNDLE_PROVIDERS: dict[str, tuple[str, Callable[[], bool]]] = {
+    "TorchScript": ("torchscript", lambda: torchscript_available("cpu")),
+    "TorchScript:cuda": ("torchscript", lambda: torchscript_available("cuda")),
+    "TensorRTEngine": ("tensorrt", tensorrt_engine_available),
+    "TorchTensorRT": ("torch_tensorrt", torch_tensorrt_available),
+}
+
+
+def open_bundle_backend(name: str, model: Path, bundle_path: Path):
+    """The backend for one of :data:`BUNDLE_PROVIDERS` on the bundle file `model`."""
+    if name.startswith("TorchScript"):
+        return TorchScriptBackend(model, "cuda" if name.endswith(":cuda") else "cpu")
+    if name == "TensorRTEngine":
+        return TensorrtEngineBackend(model, bundle_path)
+    if name == "TorchTensorRT":
+        return TorchTensorrtBackend(model, bundle_path)
+    raise ProviderError(f"no bundle backend named {name!r}")

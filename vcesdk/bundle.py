@@ -226,6 +226,15 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
                 raise BundleError(f"bundle {p}: SHA-256 of {name} is {digest[:12]}..., the "
                                   f"manifest says {meta['sha256'][:12]}...; the file was changed "
                                   f"after export, re-export the bundle")
+    return bundle_from_manifest(p, m)
+
+
+def bundle_from_manifest(path: str | os.PathLike, m: dict) -> Bundle:
+    """A :class:`Bundle` from an already validated manifest dict, without reading or checking
+    any file (for exporters assembling a bundle; use :func:`load_bundle` for anything
+    loaded).
+    """
+    p = Path(path)
     inp, out, inf = m["input"], m["output"], m["inference"]
     win = inp["window"]
     res = inp.get("resample")

@@ -182,7 +182,7 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
         VolumeWriteError: the folder is missing or a file cannot be written.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -30,3 +30,8 @@ class ProviderError(VcesdkError, ValueError):
 
 class NativeKernelUnavailable(VcesdkError, ImportError):
     """The compiled extension vcesdk._C was demanded but is not importable."""
+
+
+class MissingDependencyError(VcesdkError, ImportError):
+    """An optional package or device a requested path needs is not installed or present
+    (TensorRT, torch-tensorrt, a CUDA GPU); the message names what to install."""

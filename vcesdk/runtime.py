@@ -62,15 +62,19 @@ def _round_up(n: int, m: int) -> int:
     return ((n + m - 1) // m) * m
 
 
-def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+def resolve_providers(requested: Sequence[str] | None, bundle: Bundle | None = None
+                      ) -> list[str]:
     """Providers to try, in order, filtered to those available here.
 
-    Valid names are ONNX Runtime's execution providers plus "TorchScript" and
-    "TorchScript:cuda" (see :mod:`vcesdk.backends`).
+    Valid names are ONNX Runtime's execution providers plus the bundle-file backends of
+    :data:`vcesdk.backends.BUNDLE_PROVIDERS` ("TorchScript", "TorchScript:cuda",
+    "TensorRTEngine", "TorchTensorRT").
 
     Args:
         requested: provider names in order of preference; None for TensorRT, CUDA, CPU (ONNX
             Runtime).
+        bundle: when given, a bundle-file backend counts as available only if the bundle
+            holds its model file (and ONNX Runtime providers only if it holds an ONNX file).
 
     Returns:
         The available ones, in the requested order.
@@ -81,12 +85,9 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
     """
     import onnxruntime as ort
 
-    from .backends import TORCHSCRIPT_PROVIDERS, torchscript_available
+    from .backends import BUNDLE_PROVIDERS
 
-    known = list(ort.get_all_providers()) + list(TORCHSCRIPT_PROVIDERS)
-    available = list(ort.get_available_providers())
-    available += [p for p in TORCHSCRIPT_PROVIDERS
-                  if torchscript_available("cuda" if p.endswith(":cuda") else "cpu")]
+    known = list(ort.get_all_providers()) + list(BUNDLE_PROVIDERS)
     names = list(DEFAULT_PROVIDER_ORDER if requested is None else requested)
     if not names:
         raise ProviderError("providers is empty; valid: " + ", ".join(known))
@@ -94,28 +95,41 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
         if name not in known:
             raise ProviderError(f"unknown execution provider {name!r}; valid: "
                                 f"{', '.join(known)}")
+    formats = None if bundle is None else {
+        m.get("format") for m in bundle.manifest["files"].values() if m.get("role") == "model"}
+    ort_ok = formats is None or "onnx" in formats
+    available = list(ort.get_available_providers()) if ort_ok else []
+    available += [p for p, (fmt, ok) in BUNDLE_PROVIDERS.items()
+                  if p in names and (formats is None or fmt in formats) and ok()]
     chosen = [n for n in names if n in available]
     if not chosen:
         raise ProviderError(f"none of {', '.join(names)} is available in this installation "
-                            f"(available: {', '.join(available)})")
+                            f"for this bundle (available: {', '.join(available) or 'none'})")
     return chosen
 
 
-def open_backend(bundle: Bundle, providers: Sequence[str], intra_op_threads: int = 0):
+def open_backend(bundle: Bundle, providers: Sequence[str], intra_op_threads: int = 0,
+                 provider_options: Sequence[dict] | None = None):
     """The backend for the first usable provider: ONNX Runtime (with the following ONNX
-    Runtime providers as its fallbacks for unsupported nodes) or TorchScript.
+    Runtime providers as its fallbacks for unsupported nodes) or a bundle-file backend.
+
+    Args:
+        provider_options: for ONNX Runtime, one dict per provider in `providers` (bundle
+            backends take none; their entries are ignored).
 
     Raises:
         BundleError: the chosen provider needs a model file the bundle does not have.
     """
-    from .backends import TORCHSCRIPT_PROVIDERS, OrtBackend, TorchScriptBackend
+    from .backends import BUNDLE_PROVIDERS, OrtBackend, open_bundle_backend
 
     first = providers[0]
-    if first in TORCHSCRIPT_PROVIDERS:
-        return TorchScriptBackend(bundle.file("model", "torchscript"),
-                                  "cuda" if first.endswith(":cuda") else "cpu")
-    ort_chain = [p for p in providers if p not in TORCHSCRIPT_PROVIDERS]
-    return OrtBackend(bundle.file("model", "onnx"), ort_chain, intra_op_threads)
+    if first in BUNDLE_PROVIDERS:
+        return open_bundle_backend(first, bundle.file("model", BUNDLE_PROVIDERS[first][0]),
+                                   bundle.path)
+    keep = [i for i, p in enumerate(providers) if p not in BUNDLE_PROVIDERS]
+    opts = [provider_options[i] for i in keep] if provider_options else None
+    return OrtBackend(bundle.file("model", "onnx"), [providers[i] for i in keep],
+                      intra_op_threads, opts)
 
 
 def plan_windows(bundle: Bundle, shape: Sequence[int]
@@ -200,10 +214,14 @@ class Synthesizer:
         bundle: path of a bundle folder (default :data:`vcesdk.DEFAULT_BUNDLE`) or a loaded
             :class:`~vcesdk.bundle.Bundle`.
         providers: providers in order of preference: ONNX Runtime execution providers (e.g.
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]) or "TorchScript" /
-            "TorchScript:cuda" (the bundle's TorchScript file); None tries TensorRT, CUDA,
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]) or a bundle-file backend
+            ("TorchScript", "TorchScript:cuda", "TensorRTEngine", "TorchTensorRT"); a provider
+            whose model file the bundle lacks counts as unavailable. None tries TensorRT, CUDA,
             CPU through ONNX Runtime. The first available one is used (:attr:`provider`).
         intra_op_threads: ONNX Runtime intra-op threads (0 = its default).
+        provider_options: ONNX Runtime options per provider name, e.g.
+            {"TensorrtExecutionProvider": {"trt_fp16_enable": "True"}}; see
+            :func:`vcesdk.engines.ort_provider_options`.
 
     Attributes:
         bundle: the verified bundle.
@@ -216,13 +234,19 @@ class Synthesizer:
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
-                 providers: Sequence[str] | None = None, intra_op_threads: int = 0) -> None:
+                 providers: Sequence[str] | None = None, intra_op_threads: int = 0,
+                 provider_options: dict[str, dict] | None = None) -> None:
         from . import DEFAULT_BUNDLE
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
             DEFAULT_BUNDLE if bundle is None else bundle)
-        self._backend = open_backend(self.bundle, resolve_providers(providers),
-                                     intra_op_threads)
+        chosen = resolve_providers(providers, self.bundle)
+        unknown = set(provider_options or {}) - set(chosen) - set(providers or ())
+        if unknown:
+            raise ProviderError(f"provider_options for {', '.join(sorted(unknown))}, which is "
+                                f"not among the providers")
+        self._backend = open_backend(self.bundle, chosen, intra_op_threads,
+                                     [dict((provider_options or {}).get(p, {})) for p in chosen])
         self.provider = self._backend.name
         self.last_latency: LatencyReport | None = None
         _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name, self.bundle.phase,
