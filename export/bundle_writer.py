@@ -285,7 +285,7 @@ def _runner(fmt: str, path: Path, bundle_dir: Path):
 
 
 def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
-                        precision: str = "fp32", workspace_gb: float = 4,
+                        precision: str | None = None, workspace_gb: float | None = None,
                         max_batch: int | None = None, calib_volumes: Sequence[CTVolume] = (),
                         max_parity_windows: int = 4) -> Path:
     """Build the TensorRT engine of a bundle on this machine (``vcesdk build-engine``), as on
@@ -295,6 +295,19 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
     manifest, gets a sidecar, and is checked against ONNX Runtime (CPU) on the bundle's ONNX
     file over real-CT windows (the ONNX file itself passed parity against eager PyTorch at
     export). The bundle is updated atomically: a copy is changed and renamed into place.
+
+    Args:
+        bundle_path: the bundle folder (updated in place, atomically).
+        parity_volume: real CT whose windows check the engine.
+        precision: "fp32", "fp16" or "int8"; default: manifest engine_build.precision, else
+            fp32.
+        workspace_gb: builder workspace, GiB; default: engine_build.workspace_gb, else 4.
+        max_batch: largest batch when the manifest carries no engine_build profiles.
+        calib_volumes: real CT volumes for int8 calibration.
+        max_parity_windows: windows compared.
+
+    Returns:
+        The bundle folder.
 
     Raises:
         MissingDependencyError: no TensorRT or CUDA GPU here.
@@ -308,10 +321,13 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
 
     from .tensorrt_export import build_engine
 
+    src = load_bundle(bundle_path)
+    plan = src.manifest.get("engine_build") or {}
+    precision = precision or plan.get("precision", "fp32")
+    workspace_gb = workspace_gb or plan.get("workspace_gb", 4)
     check_options(parse_formats("tensorrt")[0], {"precision": precision})
     if precision == "int8" and not calib_volumes:
         raise InputError("int8 needs calibration CT volumes (--calib DIR)")
-    src = load_bundle(bundle_path)
     onnx_file = src.file("model", "onnx")
     from vcesdk.engines import local_gpu_environment
 
@@ -320,7 +336,6 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
     with atomic_output(final, is_dir=True, overwrite=True) as tmp:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
         manifest = json.loads((tmp / MANIFEST).read_text(encoding="utf-8"))
-        plan = manifest.get("engine_build") or {}
         bundle = bundle_from_manifest(tmp, manifest)
         profiles = plan.get("profiles") or engine_profiles(bundle, max_batch)
         calib = (calibration_windows(bundle, calib_volumes, profiles["ncct"]["opt"])

@@ -1,7 +1,12 @@
 """The ``vcesdk`` command.
 
-    vcesdk synthesize INPUT -o OUTPUT_DIR [--model BUNDLE] [--format dicom|nifti|nrrd|mha]
-    vcesdk export CHECKPOINT_OR_RUN_DIR -o BUNDLE --parity-input CT [--format onnx]
+    vcesdk synthesize INPUT -o OUTPUT_DIR [--model BUNDLE ...] [--format dicom|nifti|nrrd|mha]
+    vcesdk export CHECKPOINT_OR_BUNDLE -o BUNDLE --parity-input CT
+                  [--format onnx,torchscript,tensorrt] [--half | --int8 --calib DIR]
+                  [--target local|jetson]
+    vcesdk build-engine BUNDLE --parity-input CT [--precision fp32|fp16|int8]
+    vcesdk benchmark BUNDLE [--providers ...] [--slices N] --json FILE
+    vcesdk triton BUNDLE -o REPOSITORY [--platform onnxruntime_onnx,...]
     vcesdk info [BUNDLE]
 
 Every :class:`vcesdk.errors.VcesdkError` ends as one line on stderr and exit status 1.
@@ -28,9 +33,23 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
+def _provider_options(args: argparse.Namespace, bundle) -> dict[str, dict] | None:
+    """ONNX Runtime provider options from --fp16 / --engine-cache / --workspace-gb."""
+    if not (args.fp16 or args.engine_cache or args.workspace_gb):
+        return None
+    from .engines import ort_provider_options
+    from .runtime import DEFAULT_PROVIDER_ORDER
+
+    names = list(args.providers or DEFAULT_PROVIDER_ORDER)
+    return dict(zip(names, ort_provider_options(bundle, names, fp16=args.fp16,
+                                                engine_cache=args.engine_cache,
+                                                workspace_gb=args.workspace_gb)))
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .bundle import load_bundle
     from .fileio import atomic_output
     from .preview import preview_strip
     from .runtime import Synthesizer
@@ -45,75 +64,199 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     if out_dir.exists() and not args.overwrite:
         raise InputError(f"output folder already exists: {out_dir} (choose another or pass "
                          f"--overwrite)")
-    syn = Synthesizer(args.model, providers=args.providers)
-    manifest = syn.bundle.manifest
-    if manifest.get("demo"):
-        print(f"note: {syn.bundle.name} is a demonstration model trained on phantoms; not for "
-              f"clinical use", file=sys.stderr)
+    syns = []
+    for model in args.model or [str(DEFAULT_BUNDLE)]:
+        bundle = load_bundle(model)
+        syns.append(Synthesizer(bundle, providers=args.providers,
+                                provider_options=_provider_options(args, bundle)))
+    phases = [s.bundle.phase for s in syns]
+    if len(set(phases)) != len(phases):
+        raise InputError(f"two --model bundles synthesize the same phase ({', '.join(phases)});"
+                         f" give one bundle per phase")
+    for syn in syns:
+        if syn.bundle.manifest.get("demo"):
+            print(f"note: {syn.bundle.name} is a demonstration model trained on phantoms; not "
+                  f"for clinical use", file=sys.stderr)
     vol = read_volume(src)
     print(f"input: {src} {vol.shape[0]} slices x {vol.shape[1]} x {vol.shape[2]}, spacing "
           f"{'/'.join(f'{s:.3g}' for s in vol.spacing_mm)} mm (z/y/x)")
-    with tqdm(desc=f"synthesize {syn.bundle.phase.upper()}", unit="window",
-              disable=args.quiet) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    results = []
+    for syn in syns:
+        with tqdm(desc=f"synthesize {syn.bundle.phase.upper()}", unit="window",
+                  disable=args.quiet) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
 
-        scect = syn.synthesize(vol, progress=progress)
-    lat = syn.last_latency
-    phase = syn.bundle.phase
+            results.append((syn, syn.synthesize(vol, progress=progress), syn.last_latency))
+    single = len(results) == 1
+    entries = []
     with atomic_output(out_dir, is_dir=True, overwrite=args.overwrite) as tmp:
-        vol_path = output_path(tmp, f"scect_{phase}", args.format)
-        write_volume(scect, vol_path, like=vol,
-                     series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
         # shown in radiological convention (LPS: anterior up, patient's left on the right)
         shown = orient_volume(vol)
-        preview_strip(shown.hu, orient_volume(scect).hu, tmp / "preview.png",
-                      spacing_mm=shown.spacing_mm)
-        report = {
-            "input": str(src), "output": vol_path.name, "preview": "preview.png",
-            "bundle": syn.bundle.name, "phase": phase, "method": manifest["method"],
-            "demo": bool(manifest.get("demo")), "shape": list(vol.shape),
-            "spacing_mm": list(vol.spacing_mm), "latency": lat.__dict__ if lat else None,
-            "vcesdk": __version__,
-        }
+        for syn, scect, lat in results:
+            phase = syn.bundle.phase
+            vol_path = output_path(tmp, f"scect_{phase}", args.format)
+            write_volume(scect, vol_path, like=vol,
+                         series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
+            preview = "preview.png" if single else f"preview_{phase}.png"
+            preview_strip(shown.hu, orient_volume(scect).hu, tmp / preview,
+                          spacing_mm=shown.spacing_mm)
+            entries.append({"output": vol_path.name, "preview": preview,
+                            "bundle": syn.bundle.name, "phase": phase,
+                            "method": syn.bundle.manifest["method"],
+                            "demo": bool(syn.bundle.manifest.get("demo")),
+                            "provider": syn.provider,
+                            "latency": lat.__dict__ if lat else None})
+        report = {"input": str(src), "shape": list(vol.shape),
+                  "spacing_mm": list(vol.spacing_mm), "vcesdk": __version__,
+                  **entries[0], "phases": entries}
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"wrote {out_dir / vol_path.name}, {out_dir / 'preview.png'}, "
-          f"{out_dir / 'report.json'}")
-    if lat is not None:
-        print(lat.line())
+    for e in entries:
+        print(f"wrote {out_dir / e['output']}, {out_dir / e['preview']}")
+    print(f"wrote {out_dir / 'report.json'}")
+    for _, _, lat in results:
+        if lat is not None:
+            print(lat.line())
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _read_ct_list(path: str) -> list:
+    """CT volumes from a file, a DICOM series folder, or a folder of those."""
+    from .errors import VolumeReadError
+    from .volume import read_volume
+
+    p = Path(path)
     try:
-        from .export import export_bundle
-        from .export.bundle_writer import checkpoint_from_bundle
-        from .export.formats import parse_formats
-        from .training.trainer import load_checkpoint
+        return [read_volume(p)]
+    except VolumeReadError:
+        if not p.is_dir():
+            raise
+    vols = []
+    for child in sorted(p.iterdir()):
+        if child.name.startswith("."):
+            continue
+        vols.append(read_volume(child))
+    if not vols:
+        raise InputError(f"no CT volumes in {p}")
+    return vols
+
+
+def _import_export():
+    try:
+        from .export import bundle_writer
+        from .training import trainer
     except ImportError as exc:
         raise VcesdkError(f"export needs the train and export extras ({exc.name} missing): "
                           f"pip install 'vcesdk[train,export]'") from None
+    return bundle_writer, trainer
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    bundle_writer, trainer = _import_export()
+    from .export.formats import parse_formats
     from .volume import read_volume
 
     formats = [f.name for f in parse_formats(args.format)]
+    gpu_formats = [f for f in formats if f in ("tensorrt", "torch_tensorrt")]
+    options: dict[str, dict] = {f: {} for f in formats}
+    if args.half and args.int8:
+        raise InputError("choose one of --half and --int8")
+    if (args.half or args.int8) and not gpu_formats:
+        raise InputError(f"--{'half' if args.half else 'int8'} applies to tensorrt and "
+                         f"torch_tensorrt; onnx and torchscript export fp32")
+    for f in gpu_formats:
+        if args.half:
+            options[f]["precision"] = "fp16"
+        if args.int8:
+            if f == "torch_tensorrt":
+                raise InputError("--int8 is offered for tensorrt only (entropy calibration)")
+            options[f]["precision"] = "int8"
+        if args.max_batch:
+            options[f]["max_batch"] = args.max_batch
+    if args.workspace_gb and "tensorrt" in formats:
+        options["tensorrt"]["workspace_gb"] = args.workspace_gb
+    if args.int8 and not args.calib and args.target == "local":
+        raise InputError("--int8 needs --calib DIR (real CT volumes for calibration)")
     src = Path(args.checkpoint)
     if (src / "manifest.json").is_file():
-        ckpt = checkpoint_from_bundle(src)
+        ckpt = bundle_writer.checkpoint_from_bundle(src)
     else:
         try:
-            ckpt = load_checkpoint(src)
+            ckpt = trainer.load_checkpoint(src)
         except FileNotFoundError as exc:
             raise InputError(str(exc)) from None
-    path = export_bundle(ckpt, args.output, read_volume(args.parity_input), demo=args.demo,
-                         overwrite=args.overwrite, formats=formats)
+    calib = _read_ct_list(args.calib) if args.calib and args.target == "local" else ()
+    path = bundle_writer.export_bundle(ckpt, args.output, read_volume(args.parity_input),
+                                       demo=args.demo, overwrite=args.overwrite,
+                                       formats=formats, options=options, target=args.target,
+                                       calib_volumes=calib)
+    _print_files(path, "bundle written")
+    return 0
+
+
+def _print_files(path: Path, headline: str) -> None:
     m = json.loads((path / "manifest.json").read_text())
-    print(f"bundle written: {path}")
+    print(f"{headline}: {path}")
     for name, meta in m["files"].items():
         if "parity" in meta:
             par = meta["parity"]
             print(f"  {name}: {meta['format']} parity max |error| {par['max_abs_hu']:.4f} HU "
                   f"(tolerance {par['tolerance_hu']} HU, {meta['precision']})")
+    if "engine_build" in m:
+        print(f"  engine to build on the {m['engine_build']['target']} device: "
+              f"{m['engine_build']['command']} (or sh build_engine.sh)")
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    bundle_writer, _ = _import_export()
+    from .volume import read_volume
+
+    if args.precision == "int8" and not args.calib:
+        raise InputError("int8 needs --calib DIR (real CT volumes for calibration)")
+    path = bundle_writer.build_bundle_engine(
+        args.bundle, read_volume(args.parity_input), precision=args.precision,
+        workspace_gb=args.workspace_gb, max_batch=args.max_batch,
+        calib_volumes=_read_ct_list(args.calib) if args.calib else ())
+    _print_files(path, "engine built into")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import benchmark, table
+    from .fileio import atomic_output
+
+    json_path = Path(args.json)
+    if json_path.exists() and not args.overwrite:
+        raise InputError(f"{json_path} already exists (choose another or pass --overwrite)")
+    report = benchmark(args.bundle, providers=args.providers, ct=args.input,
+                       slices=args.slices, repeats=args.repeats, warmup=args.warmup,
+                       write_format=args.write_format,
+                       progress=lambda p: print(f"benchmarking {p} ...", file=sys.stderr))
+    with atomic_output(json_path, is_dir=False, overwrite=args.overwrite) as tmp:
+        tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"{report['input']}: {next(iter(report['backends'].values()), {}).get('slices', '?')}"
+          f" slices, {args.repeats} passes after {args.warmup} warm-up, writing "
+          f"{args.write_format}")
+    print(table(report))
+    print(f"wrote {json_path}")
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    try:
+        from .export.triton import servable_platforms, write_triton_repository
+    except ImportError as exc:
+        raise VcesdkError(f"the Triton writer needs the export extra ({exc.name} missing): "
+                          f"pip install 'vcesdk[export]'") from None
+    platforms = [p.strip() for p in args.platform.split(",") if p.strip()] \
+        if args.platform else servable_platforms(args.bundle)
+    repo = write_triton_repository(args.bundle, args.output, platforms=platforms,
+                                   max_batch_size=args.max_batch_size,
+                                   overwrite=args.overwrite)
+    for model in sorted(p.parent.name for p in repo.glob("*/config.pbtxt")):
+        print(f"  {repo / model}/config.pbtxt")
+    print(f"Triton model repository written: {repo}")
     return 0
 
 
@@ -140,12 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synthesize", help="NCCT in, synthetic contrast-enhanced CT out")
     s.add_argument("input", help="DICOM series folder, or .nii/.nii.gz/.nrrd/.mha file")
     s.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
-    s.add_argument("--model", default=str(DEFAULT_BUNDLE),
-                   help="model bundle folder (default: the bundled demo model)")
+    s.add_argument("--model", action="append", default=None, metavar="BUNDLE",
+                   help="model bundle folder (default: the bundled demo model); repeat for "
+                        "several phases (one bundle per phase, one series each)")
     s.add_argument("--format", choices=OUTPUT_FORMATS, default="dicom",
                    help="output volume format (default dicom)")
     s.add_argument("--providers", nargs="+", default=None, metavar="PROVIDER",
-                   help="ONNX Runtime execution providers in order of preference")
+                   help="execution providers in order of preference: ONNX Runtime's "
+                        "(TensorrtExecutionProvider, CUDAExecutionProvider, "
+                        "CPUExecutionProvider) or TorchScript, TorchScript:cuda, "
+                        "TensorRTEngine, TorchTensorRT")
+    s.add_argument("--fp16", action="store_true",
+                   help="TensorRT execution provider: allow fp16 kernels")
+    s.add_argument("--engine-cache", metavar="DIR",
+                   help="TensorRT execution provider: cache built engines in DIR")
+    s.add_argument("--workspace-gb", type=float, metavar="GB",
+                   help="TensorRT execution provider: builder workspace limit")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synthesize)
@@ -154,13 +307,69 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint.pt, a run folder holding one, or a bundle")
     e.add_argument("-o", "--output", required=True, help="bundle folder to create")
     e.add_argument("--format", default="onnx",
-                   help="comma-separated formats: onnx, torchscript (tensorrt and "
-                        "torch_tensorrt need a GPU machine)")
+                   help="comma-separated formats: onnx, torchscript, tensorrt (built from "
+                        "the ONNX file; needs TensorRT and a GPU unless --target jetson), "
+                        "torch_tensorrt (needs torch-tensorrt and a GPU)")
+    e.add_argument("--half", action="store_true", help="fp16 TensorRT engines")
+    e.add_argument("--int8", action="store_true",
+                   help="int8 TensorRT engine, entropy-calibrated on --calib")
+    e.add_argument("--calib", metavar="DIR",
+                   help="real CT for int8 calibration: a volume file, a DICOM folder, or a "
+                        "folder of those")
+    e.add_argument("--target", choices=("local", "jetson"), default="local",
+                   help="jetson: write the ONNX model, the engine profiles and a build "
+                        "command; build the engine on the device with vcesdk build-engine")
+    e.add_argument("--workspace-gb", type=int, metavar="GB",
+                   help="TensorRT builder workspace limit (default 4)")
+    e.add_argument("--max-batch", type=int, metavar="N",
+                   help="largest window batch the engine profile covers (default: the "
+                        "manifest's batch size)")
     e.add_argument("--parity-input", required=True,
                    help="real CT (file or DICOM folder) whose windows check the export")
     e.add_argument("--demo", action="store_true", help="mark as a demonstration model")
     e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     e.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("build-engine",
+                       help="build a bundle's TensorRT engine on this GPU (e.g. on a Jetson)")
+    g.add_argument("bundle", help="bundle folder holding model.onnx")
+    g.add_argument("--parity-input", required=True,
+                   help="real CT whose windows check the engine against the ONNX model")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                   help="default: the precision the bundle's engine_build names, else fp32")
+    g.add_argument("--calib", metavar="DIR", help="real CT for int8 calibration")
+    g.add_argument("--workspace-gb", type=int, metavar="GB", help="builder workspace (4)")
+    g.add_argument("--max-batch", type=int, metavar="N",
+                   help="largest window batch (when the manifest has no engine_build)")
+    g.set_defaults(func=cmd_build_engine)
+
+    b = sub.add_parser("benchmark", help="per-slice latency, memory and time outside the "
+                                         "model for each backend, on a real CT")
+    b.add_argument("bundle", nargs="?", default=str(DEFAULT_BUNDLE))
+    b.add_argument("--providers", nargs="+", metavar="PROVIDER",
+                   help="backends to measure (default: every one that can run the bundle)")
+    b.add_argument("--input", metavar="CT",
+                   help="real CT file or DICOM folder (default: ../shared/data/ct/"
+                        "pyradiomics_lung1/lung1_image.nrrd)")
+    b.add_argument("--slices", type=int, metavar="N",
+                   help="cut or mirror-extend the CT to N slices")
+    b.add_argument("--repeats", type=int, default=5, help="timed passes per backend (5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed passes first (1)")
+    b.add_argument("--write-format", choices=OUTPUT_FORMATS, default="dicom",
+                   help="format each pass writes (dicom)")
+    b.add_argument("--json", required=True, metavar="FILE", help="report file to write")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    b.set_defaults(func=cmd_benchmark)
+
+    t = sub.add_parser("triton", help="write a Triton Inference Server model repository")
+    t.add_argument("bundle", nargs="?", default=str(DEFAULT_BUNDLE))
+    t.add_argument("-o", "--output", required=True, help="repository folder to create")
+    t.add_argument("--platform", help="comma-separated: onnxruntime_onnx, tensorrt_plan, "
+                                      "pytorch_libtorch (default: every one the bundle "
+                                      "has a model file for)")
+    t.add_argument("--max-batch-size", type=int, default=4, help="Triton max_batch_size (4)")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=cmd_triton)
 
     i = sub.add_parser("info", help="describe a bundle and the native kernel build")
     i.add_argument("bundle", nargs="?", default=str(DEFAULT_BUNDLE))

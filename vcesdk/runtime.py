@@ -41,6 +41,11 @@ class LatencyReport:
         median_ms_per_slice: median model time per window, times windows per input slice: the
             model's cost of one output slice, ms.
         end_to_end_ms_per_slice: total_s / slices, ms (includes resampling, windowing, stitch).
+        prepare_s: reorientation, resampling, HU windowing to channels and padding, seconds.
+        stitch_s: sliding-window bookkeeping and overlap averaging (window batches, the
+            native kernel), seconds: time inside the sliding window outside the model.
+        compose_s: output channel to HU, composition with the input, resampling back,
+            seconds.
     """
 
     backend: str
@@ -50,6 +55,9 @@ class LatencyReport:
     model_s: float
     median_ms_per_slice: float
     end_to_end_ms_per_slice: float
+    prepare_s: float = 0.0
+    stitch_s: float = 0.0
+    compose_s: float = 0.0
 
     def line(self) -> str:
         """One human-readable line."""
@@ -241,7 +249,8 @@ class Synthesizer:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
             DEFAULT_BUNDLE if bundle is None else bundle)
         chosen = resolve_providers(providers, self.bundle)
-        unknown = set(provider_options or {}) - set(chosen) - set(providers or ())
+        asked = DEFAULT_PROVIDER_ORDER if providers is None else tuple(providers)
+        unknown = set(provider_options or {}) - set(asked)
         if unknown:
             raise ProviderError(f"provider_options for {', '.join(sorted(unknown))}, which is "
                                 f"not among the providers")
@@ -288,6 +297,7 @@ class Synthesizer:
         t0 = time.perf_counter()
         b = self.bundle
         prep = prepare_model_input(b, vol)
+        t_prep = time.perf_counter()
         work, window, stride = prep.work, prep.window, prep.stride
         shape = work.shape
         n_windows = len(window_grid(prep.channels.shape[1:], window, stride))
@@ -307,6 +317,7 @@ class Synthesizer:
 
         stitched = sliding_window(prep.channels, predictor, window, stride, blend=b.blend,  # type: ignore
                                   batch_size=max(1, b.batch_size), progress=on_progress)
+        t_stitch = time.perf_counter()
         pred = channels_to_hu(stitched[b.output_channel, :shape[0], :shape[1], :shape[2]],
                               b.output_hu)
         lo, hi = b.output_hu
@@ -317,7 +328,9 @@ class Synthesizer:
             out = vol.hu + self._to_input_grid(work.with_hu(delta), vol, 0.0)
         else:
             out = self._to_input_grid(work.with_hu(pred), vol, b.pad_hu)
-        total = time.perf_counter() - t0
+        result = vol.with_hu(out.astype(np.float32, copy=False))
+        t_end = time.perf_counter()
+        total = t_end - t0
         per_window = [t / n for t, n in times]
         model_s = sum(t for t, _ in times)
         depth = vol.shape[0]
@@ -325,5 +338,6 @@ class Synthesizer:
             backend=self.provider, slices=depth, windows=n_windows, total_s=total,
             model_s=model_s,
             median_ms_per_slice=1e3 * statistics.median(per_window) * n_windows / depth,
-            end_to_end_ms_per_slice=1e3 * total / depth)
-        return vol.with_hu(out.astype(np.float32, copy=False))
+            end_to_end_ms_per_slice=1e3 * total / depth, prepare_s=t_prep - t0,
+            stitch_s=max(0.0, t_stitch - t_prep - model_s), compose_s=t_end - t_stitch)
+        return result

@@ -1,0 +1,262 @@
+"""``vcesdk benchmark``: per-slice latency, throughput, peak memory and the share of time spent
+outside the model, for each backend that can run a bundle here, on a real CT.
+
+Each backend runs in its own Python process (so its peak resident memory, read from the
+kernel's ``VmHWM``, is its own), through the same path a vendor's integration takes: read the
+CT from disk, ``Synthesizer.synthesize``, write the synthetic series. One warm-up pass, then
+``repeats`` timed passes. Per pass: end-to-end ms per slice = (read + synthesize + write) /
+slices. Reported per backend: median and 90th percentile of that over the passes, model-only
+ms per slice (median window time x windows / slices, :class:`~vcesdk.runtime.LatencyReport`),
+throughput (slices per second at the median), peak RSS, and the time per slice of each
+stage: read, prepare (reorient, resample, windowing), model, stitch (overlap averaging),
+compose (HU, composition, resample back), write. ``outside_model_fraction`` = 1 - model /
+end to end (median over passes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError, VcesdkError
+from .volume import CTVolume
+
+DEFAULT_CT = Path("data") / "ct" / "pyradiomics_lung1" / "lung1_image.nrrd"
+STAGES: tuple[str, ...] = ("read", "prepare", "model", "stitch", "compose", "write")
+
+
+def find_default_ct() -> Path:
+    """The bundled real CT used when none is given: ``$VCESDK_SHARED/data/ct/...`` or
+    ``../shared/data/ct/pyradiomics_lung1/lung1_image.nrrd`` beside the working directory or
+    the source checkout.
+
+    Raises:
+        InputError: none of those exists (pass a CT explicitly).
+    """
+    roots = [os.environ.get("VCESDK_SHARED", ""), str(Path.cwd().parent / "shared"),
+             str(Path(__file__).resolve().parents[2] / "shared")]
+    for root in roots:
+        if root and (Path(root) / DEFAULT_CT).is_file():
+            return Path(root) / DEFAULT_CT
+    raise InputError("no CT to benchmark on: pass --input CT (a real CT volume file or DICOM "
+                     "folder), or set VCESDK_SHARED to the folder holding data/ct/")
+
+
+def fit_slices(vol: CTVolume, n: int | None) -> CTVolume:
+    """The volume cut or extended to `n` slices (None: unchanged).
+
+    Fewer slices: the central `n` (origin moved along the slice axis). More: the volume is
+    mirrored along z (symmetric reflection) until `n` slices, geometry unchanged.
+
+    Raises:
+        InputError: n < 1.
+    """
+    if n is None or n == vol.shape[0]:
+        return vol
+    if n < 1:
+        raise InputError(f"--slices must be >= 1, got {n}")
+    d = vol.shape[0]
+    if n < d:
+        z0 = (d - n) // 2
+        origin = tuple(float(o) + z0 * vol.spacing_mm[0] * float(c) for o, c in
+                       zip(vol.origin_mm, np.asarray(vol.direction).reshape(3, 3)[:, 2]))
+        return CTVolume(hu=vol.hu[z0:z0 + n].copy(), spacing_mm=vol.spacing_mm,
+                        origin_mm=origin, direction=vol.direction)  # type: ignore[arg-type]
+    reps = -(-n // d)
+    parts = [vol.hu if i % 2 == 0 else vol.hu[::-1] for i in range(reps)]
+    return CTVolume(hu=np.ascontiguousarray(np.concatenate(parts)[:n]),
+                    spacing_mm=vol.spacing_mm, origin_mm=vol.origin_mm,
+                    direction=vol.direction)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, MB (VmHWM on Linux, else getrusage)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, float), q))
+
+
+def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats: int,
+                warmup: int, write_format: str = "dicom") -> dict[str, Any]:
+    """Benchmark one provider in this process (see the module docstring).
+
+    Returns:
+        One backend entry: ``backend``, ``provider``, ``ms_per_slice_median``,
+        ``ms_per_slice_p90``, ``model_ms_per_slice_median``, ``throughput_slices_per_s``,
+        ``peak_rss_mb``, ``outside_model_fraction``, ``stages_ms_per_slice``, ``passes``.
+    """
+    from .runtime import Synthesizer
+    from .volume import output_path, read_volume, write_volume
+
+    syn = Synthesizer(bundle, providers=[provider])
+    passes: list[dict[str, float]] = []
+    model_ms: list[float] = []
+    n_slices = 0
+    with tempfile.TemporaryDirectory(prefix="vcesdk-bench-") as tmp:
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            vol = fit_slices(read_volume(ct), slices)
+            t1 = time.perf_counter()
+            out = syn.synthesize(vol)
+            t2 = time.perf_counter()
+            write_volume(out, output_path(tmp, f"pass{i}", write_format), like=vol)
+            t3 = time.perf_counter()
+            lat = syn.last_latency
+            assert lat is not None
+            n_slices = vol.shape[0]
+            if i < warmup:
+                continue
+            passes.append({"read": t1 - t0, "prepare": lat.prepare_s, "model": lat.model_s,
+                           "stitch": lat.stitch_s, "compose": lat.compose_s,
+                           "write": t3 - t2, "total": t3 - t0})
+            model_ms.append(lat.median_ms_per_slice)
+    per_slice = [1e3 * p["total"] / n_slices for p in passes]
+    median_total = statistics.median(p["total"] for p in passes)
+    return {
+        "backend": provider, "provider": syn.provider, "slices": n_slices,
+        "windows": syn.last_latency.windows if syn.last_latency else 0,
+        "ms_per_slice_median": statistics.median(per_slice),
+        "ms_per_slice_p90": _pct(per_slice, 90),
+        "model_ms_per_slice_median": statistics.median(model_ms),
+        "throughput_slices_per_s": n_slices / median_total,
+        "peak_rss_mb": peak_rss_mb(),
+        "outside_model_fraction": statistics.median(1.0 - p["model"] / p["total"]
+                                                    for p in passes),
+        "stages_ms_per_slice": {s: 1e3 * statistics.median(p[s] for p in passes) / n_slices
+                                for s in STAGES},
+        "passes": len(passes),
+    }
+
+
+def candidate_providers(bundle: str) -> tuple[list[str], dict[str, str]]:
+    """Every provider that can run `bundle` here, and why each other known one cannot."""
+    import onnxruntime as ort
+
+    from .backends import BUNDLE_PROVIDERS
+    from .bundle import load_bundle
+    from .runtime import DEFAULT_PROVIDER_ORDER
+
+    b = load_bundle(bundle)
+    formats = {m.get("format") for m in b.manifest["files"].values() if m.get("role") == "model"}
+    ok: list[str] = []
+    skipped: dict[str, str] = {}
+    ort_here = set(ort.get_available_providers())
+    for p in DEFAULT_PROVIDER_ORDER:
+        if "onnx" not in formats:
+            skipped[p] = "the bundle has no ONNX file"
+        elif p in ort_here:
+            ok.append(p)
+        else:
+            skipped[p] = f"not in this onnxruntime build (has {', '.join(sorted(ort_here))})"
+    for p, (fmt, available) in BUNDLE_PROVIDERS.items():
+        if fmt not in formats:
+            skipped[p] = f"the bundle has no {fmt} file"
+        elif not available():
+            skipped[p] = "its runtime (torch / CUDA / TensorRT) is not available here"
+        else:
+            ok.append(p)
+    return ok, skipped
+
+
+def benchmark(bundle: str, providers: Sequence[str] | None = None, ct: str | None = None,
+              slices: int | None = None, repeats: int = 5, warmup: int = 1,
+              write_format: str = "dicom", progress: Callable[[str], None] | None = None
+              ) -> dict[str, Any]:
+    """Benchmark each provider in its own process; see the module docstring.
+
+    Args:
+        bundle: bundle folder.
+        providers: providers to measure (default: every one that can run the bundle here).
+        ct: real CT (file or DICOM folder); default :func:`find_default_ct`.
+        slices: cut or mirror-extend the CT to this many slices (:func:`fit_slices`).
+        repeats, warmup: timed and untimed passes per provider.
+        write_format: output format of each pass ("dicom", "nifti", ...).
+        progress: called with each provider name before it runs.
+
+    Returns:
+        {"machine", "bundle", "input", "slices", "repeats", "warmup",
+        "backends": {provider: entry (see :func:`run_backend`)},
+        "skipped": {provider: reason}}.
+
+    Raises:
+        ProviderError: a named provider is unknown.
+        VcesdkError: a worker process failed (its last stderr line in the message).
+    """
+    from .runtime import resolve_providers
+
+    ct_path = str(ct or find_default_ct())
+    found, skipped = candidate_providers(bundle)
+    if providers:
+        resolve_providers(list(providers))  # unknown names -> ProviderError listing valid ones
+        chosen = [p for p in providers if p in found]
+        skipped = {p: skipped.get(p, "not available") for p in providers if p not in found}
+    else:
+        chosen = found
+    results: dict[str, Any] = {}
+    for p in chosen:
+        if progress:
+            progress(p)
+        args = json.dumps({"bundle": str(bundle), "provider": p, "ct": ct_path,
+                           "slices": slices, "repeats": repeats, "warmup": warmup,
+                           "write_format": write_format})
+        proc = subprocess.run([sys.executable, "-m", "vcesdk.benchmark", args],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise VcesdkError(f"benchmark of {p} failed: {last}")
+        results[p] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "python": platform.python_version()},
+            "bundle": str(bundle), "input": ct_path, "slices": slices, "repeats": repeats,
+            "warmup": warmup, "write_format": write_format, "backends": results,
+            "skipped": skipped}
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as a fixed-width text table."""
+    rows = [f"{'backend':<26}{'ms/slice':>10}{'p90':>8}{'model':>8}{'slices/s':>10}"
+            f"{'peak MB':>9}{'outside':>9}"]
+    for name, e in report["backends"].items():
+        rows.append(f"{name:<26}{e['ms_per_slice_median']:>10.1f}{e['ms_per_slice_p90']:>8.1f}"
+                    f"{e['model_ms_per_slice_median']:>8.1f}"
+                    f"{e['throughput_slices_per_s']:>10.1f}{e['peak_rss_mb']:>9.0f}"
+                    f"{100 * e['outside_model_fraction']:>8.0f}%")
+    for name, why in report["skipped"].items():
+        rows.append(f"{name:<26}skipped: {why}")
+    return "\n".join(rows)
+
+
+def _worker(argv: list[str]) -> int:
+    a = json.loads(argv[0])
+    try:
+        entry = run_backend(a["bundle"], a["provider"], a["ct"], a["slices"], a["repeats"],
+                            a["warmup"], a["write_format"])
+    except VcesdkError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(entry))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))
