@@ -30,25 +30,27 @@ import numpy as np
 from .errors import InputError, VcesdkError
 from .volume import CTVolume
 
-DEFAULT_CT = Path("data") / "ct" / "pyradiomics_lung1" / "lung1_image.nrrd"
+DEFAULT_CT = Path("pyradiomics_lung1") / "lung1_image.nrrd"
 STAGES: tuple[str, ...] = ("read", "prepare", "model", "stitch", "compose", "write")
 
 
 def find_default_ct() -> Path:
-    """The bundled real CT used when none is given: ``$VCESDK_SHARED/data/ct/...`` or
-    ``../shared/data/ct/pyradiomics_lung1/lung1_image.nrrd`` beside the working directory or
+    """The real CT used when none is given: ``pyradiomics_lung1/lung1_image.nrrd`` under
+    ``$VCESDK_SHARED_CT``, else under ``../shared/data/ct`` beside the working directory or
     the source checkout.
 
     Raises:
         InputError: none of those exists (pass a CT explicitly).
     """
-    roots = [os.environ.get("VCESDK_SHARED", ""), str(Path.cwd().parent / "shared"),
-             str(Path(__file__).resolve().parents[2] / "shared")]
+    roots = [os.environ.get("VCESDK_SHARED_CT", ""),
+             str(Path.cwd().parent / "shared" / "data" / "ct"),
+             str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ct")]
     for root in roots:
         if root and (Path(root) / DEFAULT_CT).is_file():
             return Path(root) / DEFAULT_CT
     raise InputError("no CT to benchmark on: pass --input CT (a real CT volume file or DICOM "
-                     "folder), or set VCESDK_SHARED to the folder holding data/ct/")
+                     "folder), or set VCESDK_SHARED_CT to the folder holding "
+                     "pyradiomics_lung1/")
 
 
 def fit_slices(vol: CTVolume, n: int | None) -> CTVolume:
