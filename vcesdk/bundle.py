@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,9 @@ def validate_manifest(m: Any) -> dict:
     _require(is_orientation_code(orient), f"manifest: input.orientation must be three letters like 'LPS', got {orient!r}")
     out = _get(m, "output", "")
     hr = _get(out, "hu_range", "output.")
-    _require(isinstance(hr, list) and len(hr) == 2 and hr[0] < hr[1],
+    _require(isinstance(hr, list) and len(hr) == 2
+             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in hr)
+             and hr[0] < hr[1],
              f"manifest: output.hu_range must be [low, high], got {hr!r}")
     _require(_get(out, "compose", "output.") in COMPOSE_MODES,
              f"manifest: output.compose must be one of {COMPOSE_MODES}, got {out['compose']!r}")
@@ -178,6 +181,12 @@ def validate_manifest(m: Any) -> dict:
              f"manifest: inference.stride must be [sd, sh|null, sw|null], got {stride!r}")
     _require(_get(inf, "blend", "inference.") in BLENDS,
              f"manifest: inference.blend must be one of {BLENDS}, got {inf['blend']!r}")
+    bs = inf.get("batch_size", 1)
+    _require(isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1,
+             f"manifest: inference.batch_size must be a positive integer, got {bs!r}")
+    pad = inp.get("pad_hu", -1024.0)
+    _require(isinstance(pad, (int, float)) and not isinstance(pad, bool)
+             and math.isfinite(pad), f"manifest: input.pad_hu must be a number, got {pad!r}")
     files = _get(m, "files", "")
     _require(isinstance(files, dict) and files, "manifest: files must list the model files")
     for name, meta in files.items():

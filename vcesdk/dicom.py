@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VolumeReadError, VolumeWriteError
+from .errors import (DuplicateSliceError, GantryTiltError, MissingSlicesError, NotCTError,
+                     SeriesSelectionError, SliceGeometryError, UnsupportedPixelDataError,
+                     VolumeReadError, VolumeWriteError)
 from .volume import CTVolume
 
 _logger = logging.getLogger(__name__)
@@ -27,13 +29,16 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 # Tags copied from the source so the synthetic series files under the same patient and study.
 PATIENT_STUDY_TAGS: tuple[str, ...] = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "PatientIdentityRemoved", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
     "AccessionNumber", "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID",
     "PositionReferenceIndicator", "BodyPartExamined", "PatientPosition", "KVP",
     "Manufacturer", "SpecificCharacterSet",
 )
 SLICE_TAGS: tuple[str, ...] = ("AcquisitionNumber",)
 _MAX_SPACING_DEVIATION = 0.1  # fraction of the median slice spacing tolerated between slices
+_MAX_TILT_DEG = 0.5  # stacking direction vs slice normal; above this the series is tilted
+_HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
 
 
 def _read_headers(folder: Path) -> list:
@@ -46,9 +51,16 @@ def _read_headers(folder: Path) -> list:
             continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError):
+        except (InvalidDicomError, EOFError, OSError, NotImplementedError, *_HEADER_ERRORS):
+            _logger.info("skipping %s: not a readable DICOM file", f.name)
             continue
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        except Exception as exc:  # noqa: BLE001  pydicom's own exception types for bad bytes
+            _logger.info("skipping %s: %s", f.name, exc)
+            continue
+        try:
+            if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+                continue
+        except _HEADER_ERRORS:
             continue
         datasets.append((f, ds))
     return datasets
@@ -74,9 +86,17 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         VolumeReadError: no DICOM images, a non-CT series, mixed slice geometry, duplicate or
             unevenly spaced slice positions.
     """
+    folder = Path(folder)
+    try:
+        return _read_series(folder, series_uid)
+    except _HEADER_ERRORS as exc:  # malformed values in headers of otherwise readable files
+        raise VolumeReadError(f"malformed DICOM header in {folder}: {type(exc).__name__}: "
+                              f"{exc}") from None
+
+
+def _read_series(folder: Path, series_uid: str | None) -> CTVolume:
     import pydicom
 
-    folder = Path(folder)
     found = _read_headers(folder)
     if not found:
         raise VolumeReadError(f"no DICOM images in {folder}")
@@ -85,16 +105,16 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
     if series_uid is not None:
         if series_uid not in series:
-            raise VolumeReadError(f"series {series_uid} not in {folder}; found: "
-                                  f"{', '.join(sorted(series))}")
+            raise SeriesSelectionError(f"series {series_uid} not in {folder}; found: "
+                                       f"{', '.join(sorted(series))}")
         chosen = series[series_uid]
     else:
         ct = {uid: items for uid, items in series.items()
               if all(str(ds.get("Modality", "")) == "CT" for _, ds in items)}
         if not ct:
             modalities = sorted({str(ds.get("Modality", "?")) for _, ds in found})
-            raise VolumeReadError(f"no CT series in {folder} (modalities: "
-                                  f"{', '.join(modalities)}); vcesdk needs CT")
+            raise NotCTError(f"no CT series in {folder} (modalities: "
+                             f"{', '.join(modalities)}); vcesdk needs CT")
         uid = max(ct, key=lambda u: len(ct[u]))
         if len(series) > 1:
             _logger.info("%s holds %d series; reading the largest CT series %s (%d slices)",
@@ -102,15 +122,15 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         chosen = ct[uid]
     modality = {str(ds.get("Modality", "")) for _, ds in chosen}
     if modality != {"CT"}:
-        raise VolumeReadError(f"series is {'/'.join(sorted(modality))}, not CT")
+        raise NotCTError(f"series is {'/'.join(sorted(modality))}, not CT; vcesdk needs CT")
 
     normal = _normal(chosen[0][1])
     first_iop = np.asarray([float(v) for v in chosen[0][1].ImageOrientationPatient])
     for f, ds in chosen:
         iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
         if not np.allclose(iop, first_iop, atol=1e-4):
-            raise VolumeReadError(f"{f.name} has a different ImageOrientationPatient than the "
-                                  f"rest of the series")
+            raise SliceGeometryError(f"{f.name} has a different ImageOrientationPatient than "
+                                     f"the rest of the series")
     chosen.sort(key=lambda item: float(np.dot(normal, [float(v) for v in
                                                         item[1].ImagePositionPatient])))
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in chosen])
@@ -119,13 +139,30 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         gaps = np.diff(along)
         if np.any(gaps < 1e-3):
             i = int(np.argmin(gaps))
-            raise VolumeReadError(f"duplicate slice position {along[i]:.3f} mm in "
-                                  f"{chosen[i][0].name} and {chosen[i + 1][0].name}")
+            raise DuplicateSliceError(f"duplicate slice position {along[i]:.3f} mm in "
+                                      f"{chosen[i][0].name} and {chosen[i + 1][0].name}; "
+                                      f"remove the duplicate files or pick one series")
         dz = float(np.median(gaps))
         worst = float(np.max(np.abs(gaps - dz)))
         if worst > _MAX_SPACING_DEVIATION * dz:
-            raise VolumeReadError(f"uneven slice spacing: gaps from {gaps.min():.3f} to "
-                                  f"{gaps.max():.3f} mm (median {dz:.3f}); missing slices?")
+            i = int(np.argmax(np.abs(gaps - dz)))
+            if gaps[i] > dz:
+                missing = int(round(gaps[i] / dz)) - 1
+                raise MissingSlicesError(
+                    f"{missing} slice(s) missing between {chosen[i][0].name} and "
+                    f"{chosen[i + 1][0].name} (gap {gaps[i]:.3f} mm, spacing {dz:.3f} mm); "
+                    f"re-export the complete series")
+            raise SliceGeometryError(f"uneven slice spacing: gaps from {gaps.min():.3f} to "
+                                     f"{gaps.max():.3f} mm (median {dz:.3f}); resample the "
+                                     f"series to even spacing first")
+        step = positions[-1] - positions[0]
+        cos = abs(float(np.dot(step, normal))) / max(float(np.linalg.norm(step)), 1e-9)
+        tilt = float(np.degrees(np.arccos(min(1.0, cos))))
+        if tilt > _MAX_TILT_DEG:
+            raise GantryTiltError(f"gantry tilt of {tilt:.1f} degrees (slices stacked "
+                                  f"obliquely to their plane; GantryDetectorTilt "
+                                  f"{chosen[0][1].get('GantryDetectorTilt', 'absent')}); "
+                                  f"resample to an orthogonal grid first (e.g. dcm2niix)")
     else:
         dz = float(chosen[0][1].get("SliceThickness", 1.0) or 1.0)
 
@@ -137,11 +174,22 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     for i, (f, _) in enumerate(chosen):
         try:
             ds = pydicom.dcmread(f)
+        except Exception as exc:  # noqa: BLE001  (truncated or corrupt file)
+            raise VolumeReadError(f"cannot read {f.name}: {exc}") from None
+        try:
             pixels = ds.pixel_array
-        except Exception as exc:  # pydicom raises many types for bad or unsupported pixel data
-            raise VolumeReadError(f"cannot decode pixel data of {f.name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001  pydicom raises many types for pixel data
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"
+            raise UnsupportedPixelDataError(
+                f"cannot decode pixel data of {f.name} ({name}): {exc}; compressed series need "
+                f"pylibjpeg, pylibjpeg-openjpeg and pyjpegls (installed with vcesdk) or "
+                f"GDCM") from None
+        if pixels.ndim != 2:
+            raise UnsupportedPixelDataError(f"{f.name} holds {pixels.shape} pixels, not one "
+                                            f"grayscale frame (multi-frame or colour)")
         if pixels.shape != (rows, cols):
-            raise VolumeReadError(f"{f.name} is {pixels.shape[0]} x {pixels.shape[1]}, the series "
+            raise SliceGeometryError(f"{f.name} is {pixels.shape[0]} x {pixels.shape[1]}, the series "
                                   f"is {rows} x {cols}")
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -248,6 +296,15 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
                     ds[tag] = src_headers[k][tag]
         if "AcquisitionNumber" not in ds:
             ds.AcquisitionNumber = ""
+        # Type 2C attributes of the General Series module: PatientPosition (CT) empty when
+        # unknown; Laterality only when no BodyPartExamined says the part is unpaired
+        if "PatientPosition" not in ds:
+            ds.PatientPosition = ""
+        if "BodyPartExamined" not in ds:
+            ds.Laterality = ""
+        if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and not (
+                "DeidentificationMethod" in ds or "DeidentificationMethodCodeSequence" in ds):
+            ds.DeidentificationMethod = "source series marked de-identified; method not recorded"
         ds.SOPClassUID = CT_IMAGE_STORAGE
         ds.SOPInstanceUID = sop_uid
         ds.Modality = "CT"

@@ -35,3 +35,49 @@ class NativeKernelUnavailable(VcesdkError, ImportError):
 class MissingDependencyError(VcesdkError, ImportError):
     """An optional package or device a requested path needs is not installed or present
     (TensorRT, torch-tensorrt, a CUDA GPU); the message names what to install."""
+
+
+# --- reading: each a VolumeReadError, so callers may catch the family or one case ---------
+
+class NotCTError(VolumeReadError):
+    """The series or file is not CT (another Modality); vcesdk models take CT only."""
+
+
+class SeriesSelectionError(VolumeReadError):
+    """The requested SeriesInstanceUID is not in the folder (the message lists those found)."""
+
+
+class SliceGeometryError(VolumeReadError):
+    """Slices do not form one regular volume: mixed orientation or size, duplicate or
+    unevenly spaced (missing) slice positions, gantry tilt, oblique planes."""
+
+
+class MissingSlicesError(SliceGeometryError):
+    """A gap in slice positions larger than the regular spacing: slices are missing."""
+
+
+class DuplicateSliceError(SliceGeometryError):
+    """Two slices share one position along the slice normal."""
+
+
+class GantryTiltError(SliceGeometryError):
+    """Slices were acquired with gantry tilt (stacked obliquely to their normal)."""
+
+
+class UnsupportedPixelDataError(VolumeReadError):
+    """Pixel data that cannot be decoded (a compressed transfer syntax without its decoder, or
+    corrupt data)."""
+
+
+class InvalidVoxelValuesError(VolumeReadError, InputError):
+    """The volume holds NaN or infinite values."""
+
+
+# --- limits and input suitability ---------------------------------------------------------
+
+class MemoryBudgetError(InputError):
+    """The estimated memory a synthesis needs exceeds the configured budget."""
+
+
+class ContrastEnhancedInputError(InputError):
+    """The input looks contrast-enhanced already (blood pool far above native blood HU)."""

@@ -48,13 +48,19 @@ def windows_from_manifest(channels: Sequence[dict]) -> tuple[Window, ...]:
     Raises:
         BundleError: a channel misses a key or has a non-positive width.
     """
+    if not isinstance(channels, list):
+        raise BundleError(f"input.channels must be a list of {{name, level, width}}, got "
+                          f"{type(channels).__name__}")
     out = []
     for i, ch in enumerate(channels):
         try:
-            out.append(Window(str(ch["name"]), float(ch["level"]), float(ch["width"])))
-        except (KeyError, TypeError, ValueError) as exc:
+            w = Window(str(ch["name"]), float(ch["level"]), float(ch["width"]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"input.channels[{i}] must have name, level and width: {exc}"
                               ) from None
+        if not (np.isfinite(w.level) and np.isfinite(w.width)):
+            raise BundleError(f"input.channels[{i}]: level and width must be finite numbers")
+        out.append(w)
     if not out:
         raise BundleError("input.channels is empty")
     return tuple(out)

@@ -16,12 +16,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import InputError, ProviderError
+from .errors import InputError, InvalidVoxelValuesError, MemoryBudgetError, ProviderError
 from .intensity import channels_to_hu, hu_to_channels
 from .stitch import sliding_window, window_grid
 from .volume import CTVolume, orient_volume, orientation_code, resample_volume
 
 _logger = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+"""Values below this (field-of-view padding such as -2048 or -3024) are air to the model."""
+DEFAULT_MEMORY_BUDGET_MB = 16384.0
+"""Default limit on the estimated memory of one synthesis (``VCESDK_MEMORY_BUDGET_MB``)."""
 
 # Preference order when the caller names no providers.
 DEFAULT_PROVIDER_ORDER: tuple[str, ...] = (
@@ -195,8 +200,12 @@ def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
         InputError: the volume holds NaN or infinite values.
     """
     if not np.all(np.isfinite(vol.hu)):
-        raise InputError("input volume holds NaN or infinite values; fix or mask them "
-                         "before synthesis")
+        raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or mask "
+                                      "them before synthesis")
+    if float(vol.hu.min()) < AIR_HU:
+        # padding outside the scanned field of view (-2048, -3024, PixelPaddingValue) is air
+        # to the model; the input itself is not modified
+        vol = vol.with_hu(np.maximum(vol.hu, np.float32(AIR_HU)))
     work = orient_volume(vol, bundle.orientation)
     if bundle.resample_mm is not None:
         work = resample_volume(work, bundle.resample_mm, default_hu=bundle.pad_hu)
@@ -210,6 +219,28 @@ def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
         full[:, :shape[0], :shape[1], :shape[2]] = channels
         channels = full
     return ModelInput(work=work, channels=channels, window=window, stride=stride)
+
+
+def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
+    """Estimated peak memory of :meth:`Synthesizer.synthesize` for `vol`, MB (besides the
+    model's own working memory and the input, which the caller already holds).
+
+    Counted, float32: the reoriented and resampled volume on the model grid, its input
+    channels padded to the network's multiples, the output channels there, the prediction in
+    HU, and on the input grid the difference and the result (2 volumes).
+    """
+    d, h, w = vol.shape
+    if bundle.resample_mm is not None:
+        factor = float(np.prod(np.asarray(vol.spacing_mm) / np.asarray(bundle.resample_mm)))
+    else:
+        factor = 1.0
+    model_voxels = d * h * w * factor
+    padded = model_voxels * np.prod([1 + m / max(n * f, 1.0) for m, n, f in zip(
+        bundle.multiple_of, (d, h, w), (factor ** (1 / 3),) * 3)])
+    c_in = len(bundle.windows)
+    c_out = int(bundle.manifest["output"]["channels"])
+    floats = model_voxels * 2 + padded * (c_in + c_out) + d * h * w * 2
+    return float(floats * 4 / 1e6)
 
 
 class Synthesizer:
@@ -230,6 +261,16 @@ class Synthesizer:
         provider_options: ONNX Runtime options per provider name, e.g.
             {"TensorrtExecutionProvider": {"trt_fp16_enable": "True"}}; see
             :func:`vcesdk.engines.ort_provider_options`.
+        memory_budget_mb: refuse volumes whose :func:`estimate_memory_mb` exceeds this
+            (default ``$VCESDK_MEMORY_BUDGET_MB`` or 16384).
+
+    Thread safety: one Synthesizer may be used from several threads at once; each
+    :meth:`synthesize` call keeps its state on its own stack and gives bit-identical results
+    to serial use (ONNX Runtime sessions and TorchScript modules are safe to run
+    concurrently; the TensorRT backends serialise calls on their one execution context).
+    :attr:`last_latency` is the report of whichever call finished last. Bundles and CTVolume
+    objects are read-only to vcesdk; :class:`~vcesdk.stitch.StreamingStitcher` is not
+    thread-safe (one per call).
 
     Attributes:
         bundle: the verified bundle.
@@ -243,8 +284,13 @@ class Synthesizer:
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  providers: Sequence[str] | None = None, intra_op_threads: int = 0,
-                 provider_options: dict[str, dict] | None = None) -> None:
+                 provider_options: dict[str, dict] | None = None,
+                 memory_budget_mb: float | None = None) -> None:
         from . import DEFAULT_BUNDLE
+
+        self.memory_budget_mb = float(memory_budget_mb if memory_budget_mb is not None else
+                                      os.environ.get("VCESDK_MEMORY_BUDGET_MB",
+                                                     DEFAULT_MEMORY_BUDGET_MB))
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
             DEFAULT_BUNDLE if bundle is None else bundle)
@@ -292,10 +338,17 @@ class Synthesizer:
             direction, source headers). The input is not modified.
 
         Raises:
-            InputError: the volume holds NaN or infinite values.
+            InvalidVoxelValuesError: the volume holds NaN or infinite values.
+            MemoryBudgetError: the estimated memory exceeds :attr:`memory_budget_mb`.
         """
         t0 = time.perf_counter()
         b = self.bundle
+        need = estimate_memory_mb(b, vol)
+        if need > self.memory_budget_mb:
+            raise MemoryBudgetError(
+                f"synthesizing a {'x'.join(map(str, vol.shape))} volume needs about "
+                f"{need:.0f} MB, over the {self.memory_budget_mb:.0f} MB budget; raise "
+                f"memory_budget_mb (VCESDK_MEMORY_BUDGET_MB) or split the volume")
         prep = prepare_model_input(b, vol)
         t_prep = time.perf_counter()
         work, window, stride = prep.work, prep.window, prep.stride

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError, VolumeReadError, VolumeWriteError
+from .errors import InputError, InvalidVoxelValuesError, VolumeReadError, VolumeWriteError
 from .fileio import atomic_output
 
 _logger = logging.getLogger(__name__)
@@ -122,6 +122,17 @@ def _itk_suffix(path: Path) -> str | None:
     return None
 
 
+def _nifti_nonfinite(path: Path) -> int:
+    """NaN/inf voxels of a floating-point NIfTI file, counted with nibabel (ITK's NIfTI reader
+    turns them into 0, which would read as water)."""
+    import nibabel
+
+    img = nibabel.load(str(path))
+    if img.header.get_data_dtype().kind != "f":
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
+
+
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
     """Read a CT volume in HU from a DICOM series folder or a NIfTI / NRRD / MHA file.
 
@@ -154,7 +165,14 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
         except RuntimeError as exc:
             msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             raise VolumeReadError(f"cannot read {p}: {msg}") from None
-        return CTVolume.from_sitk(img)
+        vol = CTVolume.from_sitk(img)
+        bad = int(np.count_nonzero(~np.isfinite(vol.hu)))
+        if _itk_suffix(p) in (".nii", ".nii.gz"):
+            bad = max(bad, _nifti_nonfinite(p))
+        if bad:
+            raise InvalidVoxelValuesError(f"{p} holds {bad} NaN or infinite voxel(s); replace "
+                                          f"them (e.g. with -1024 HU outside the body) first")
+        return vol
     if p.suffix.lower() in (".dcm", "") or p.suffix.lower() == ".ima":
         from .dicom import read_dicom_series
 
