@@ -1,6 +1,7 @@
 """Write a model bundle from a training checkpoint: ONNX export, parity check, manifest."""
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import logging
@@ -13,7 +14,15 @@ import numpy as np
 import torch
 
 import vcesdk
-from vcesdk.bundle import MANIFEST, SCHEMA_VERSION, load_bundle, sha256_file, validate_manifest
+from vcesdk.bundle import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    bundle_from_manifest,
+    load_bundle,
+    sha256_file,
+    validate_manifest,
+)
+from vcesdk.engines import MODEL_INPUT, engine_profiles, local_gpu_environment, sidecar_path
 from vcesdk.errors import BundleError, InputError, MissingDependencyError
 from vcesdk.fileio import atomic_output
 from vcesdk.runtime import prepare_model_input
@@ -82,8 +91,6 @@ BUILD_SCRIPT = "build_engine.sh"
 
 def _check_gpu_formats(names: Sequence[str], target: str) -> None:
     """Fail before any work when a GPU format cannot be built here (clear install hint)."""
-    from vcesdk.engines import local_gpu_environment
-
     if "tensorrt" in names and "onnx" not in names:
         raise InputError("TensorRT engines are built from the ONNX export: use --format "
                          "onnx,tensorrt")
@@ -157,9 +164,6 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
     """
     from vcesdk.training.trainer import generator_from_checkpoint
 
-    from vcesdk.bundle import bundle_from_manifest
-    from vcesdk.engines import engine_profiles, sidecar_path
-
     from .tensorrt_export import build_engine, build_script, export_torch_tensorrt
 
     fmts = parse_formats(formats)
@@ -200,23 +204,15 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
             profiles = engine_profiles(bundle, o.get("max_batch"))
             if f.name == "torch_tensorrt":
                 side = export_torch_tensorrt(gen, tmp / "model.ep", profiles, o["precision"])
-                files["model.ep"] = {"role": "model", "format": f.name,
-                                     "precision": o["precision"], "sidecar": "model.ep.json"}
-                files["model.ep.json"] = {"role": "sidecar", "format": "json",
-                                          "describes": "model.ep", **_env_of(side)}
+                _add_engine(files, "model.ep", f.name, o["precision"], side)
             elif target == "local":
                 calib = None
                 if o["precision"] == "int8":
                     calib = calibration_windows(bundle, calib_volumes,
-                                                profiles["ncct"]["opt"])
+                                                profiles[MODEL_INPUT]["opt"])
                 side = build_engine(tmp / "model.onnx", tmp / ENGINE_FILE, profiles,
                                     o["precision"], o.get("workspace_gb", 4), calib)
-                files[ENGINE_FILE] = {"role": "model", "format": "tensorrt",
-                                      "precision": o["precision"],
-                                      "sidecar": sidecar_path(ENGINE_FILE).name}
-                files[sidecar_path(ENGINE_FILE).name] = {"role": "sidecar", "format": "json",
-                                                         "describes": ENGINE_FILE,
-                                                         **_env_of(side)}
+                _add_engine(files, ENGINE_FILE, "tensorrt", o["precision"], side)
             else:
                 ws = o.get("workspace_gb", 4)
                 (tmp / BUILD_SCRIPT).write_text(
@@ -238,25 +234,38 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         for name, meta in files.items():
             if meta["role"] != "model":
                 continue
-            tol = TOLERANCE_HU[meta["precision"]]
-            parity = measure_parity(reference, _runner(meta["format"], tmp / name, tmp),
-                                    [w[None] for w in windows], bundle.output_hu, tol,
-                                    _PROVIDER[meta["format"]])
-            if not parity["passed"]:
-                raise BundleError(f"{meta['format']} parity failed: max |{meta['format']} - "
-                                  f"eager| = {parity['max_abs_hu']:.3f} HU > {tol} HU "
-                                  f"tolerance")
-            meta["parity"] = {
-                "max_abs_hu": round(parity["max_abs_hu"], 6), "tolerance_hu": tol,
-                "reference": "eager PyTorch fp32 (CPU)", "provider": parity["provider"],
-                "windows": parity["windows"], "window_shape": list(windows.shape[1:])}
-            _logger.info("%s parity %.4f HU (tolerance %s HU)", name, parity["max_abs_hu"], tol)
+            meta["parity"] = _checked_parity(
+                reference, _runner(meta["format"], tmp / name, tmp), windows, bundle,
+                TOLERANCE_HU[meta["precision"]], _PROVIDER[meta["format"]],
+                what=meta["format"], versus=f"{meta['format']} - eager",
+                reference_name="eager PyTorch fp32 (CPU)")
         _write_manifest(tmp, manifest)
     return final
 
 
-def _env_of(sidecar: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: sidecar[k] for k in ("gpu_name", "compute_capability", "tensorrt", "cuda")}
+def _add_engine(files: dict, name: str, fmt: str, precision: str,
+                sidecar: Mapping[str, Any]) -> None:
+    """List an engine-holding model file and its sidecar (with the GPU it was built for)."""
+    side = sidecar_path(name).name
+    files[name] = {"role": "model", "format": fmt, "precision": precision, "sidecar": side}
+    files[side] = {"role": "sidecar", "format": "json", "describes": name,
+                   **{k: sidecar[k] for k in ("gpu_name", "compute_capability", "tensorrt",
+                                              "cuda")}}
+
+
+def _checked_parity(reference, candidate, windows: np.ndarray, bundle, tol: float,
+                    provider: str, what: str, versus: str, reference_name: str) -> dict:
+    """Parity of `candidate` against `reference` on real-CT windows, as the manifest records
+    it; raises BundleError("<what> parity failed: max |<versus>| = ...") out of tolerance."""
+    parity = measure_parity(reference, candidate, [w[None] for w in windows],
+                            bundle.output_hu, tol, provider)
+    if not parity["passed"]:
+        raise BundleError(f"{what} parity failed: max |{versus}| = "
+                          f"{parity['max_abs_hu']:.3f} HU > {tol} HU tolerance")
+    _logger.info("%s parity %.4f HU (tolerance %s HU)", what, parity["max_abs_hu"], tol)
+    return {"max_abs_hu": round(parity["max_abs_hu"], 6), "tolerance_hu": tol,
+            "reference": reference_name, "provider": parity["provider"],
+            "windows": parity["windows"], "window_shape": list(windows.shape[1:])}
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
@@ -316,9 +325,6 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
     """
     import shutil
 
-    from vcesdk.bundle import bundle_from_manifest
-    from vcesdk.engines import engine_profiles, sidecar_path
-
     from .tensorrt_export import build_engine
 
     src = load_bundle(bundle_path)
@@ -329,38 +335,25 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
     if precision == "int8" and not calib_volumes:
         raise InputError("int8 needs calibration CT volumes (--calib DIR)")
     onnx_file = src.file("model", "onnx")
-    from vcesdk.engines import local_gpu_environment
-
     local_gpu_environment()
     final = Path(bundle_path)
     with atomic_output(final, is_dir=True, overwrite=True) as tmp:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
-        manifest = json.loads((tmp / MANIFEST).read_text(encoding="utf-8"))
+        manifest = copy.deepcopy(src.manifest)
         bundle = bundle_from_manifest(tmp, manifest)
         profiles = plan.get("profiles") or engine_profiles(bundle, max_batch)
-        calib = (calibration_windows(bundle, calib_volumes, profiles["ncct"]["opt"])
+        calib = (calibration_windows(bundle, calib_volumes, profiles[MODEL_INPUT]["opt"])
                  if precision == "int8" else None)
         side = build_engine(tmp / onnx_file.name, tmp / ENGINE_FILE, profiles, precision,
                             workspace_gb, calib)
         files = manifest["files"]
-        files[ENGINE_FILE] = {"role": "model", "format": "tensorrt", "precision": precision,
-                              "sidecar": sidecar_path(ENGINE_FILE).name}
-        files[sidecar_path(ENGINE_FILE).name] = {"role": "sidecar", "format": "json",
-                                                 "describes": ENGINE_FILE, **_env_of(side)}
+        _add_engine(files, ENGINE_FILE, "tensorrt", precision, side)
         windows = prepare_model_input(bundle, parity_volume).windows(max_parity_windows)
-        tol = TOLERANCE_HU[precision]
-        parity = measure_parity(_runner("onnx", tmp / onnx_file.name, tmp),
-                                _runner("tensorrt", tmp / ENGINE_FILE, tmp),
-                                [w[None] for w in windows], bundle.output_hu, tol,
-                                "TensorRTEngine")
-        if not parity["passed"]:
-            raise BundleError(f"TensorRT {precision} engine parity failed: max |engine - ONNX| "
-                              f"= {parity['max_abs_hu']:.3f} HU > {tol} HU tolerance")
-        files[ENGINE_FILE]["parity"] = {
-            "max_abs_hu": round(parity["max_abs_hu"], 6), "tolerance_hu": tol,
-            "reference": f"{onnx_file.name} on ONNX Runtime CPU",
-            "provider": "TensorRTEngine", "windows": parity["windows"],
-            "window_shape": list(windows.shape[1:])}
+        files[ENGINE_FILE]["parity"] = _checked_parity(
+            _runner("onnx", tmp / onnx_file.name, tmp), _runner("tensorrt", tmp / ENGINE_FILE, tmp),
+            windows, bundle, TOLERANCE_HU[precision], "TensorRTEngine",
+            what=f"TensorRT {precision} engine", versus="engine - ONNX",
+            reference_name=f"{onnx_file.name} on ONNX Runtime CPU")
         _write_manifest(tmp, manifest)
     return final
 

@@ -17,6 +17,7 @@ TensorRT, torch-tensorrt and CUDA are imported only when a function here is call
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import shlex
@@ -30,6 +31,7 @@ from vcesdk.engines import (
     import_tensorrt,
     local_gpu_environment,
     make_sidecar,
+    shape_text,
     sidecar_path,
 )
 from vcesdk.errors import BundleError, MissingDependencyError
@@ -38,10 +40,6 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE_GB = 4
 BUILDERS = ("tensorrt-python", "torch-tensorrt", "trtexec")
-
-
-def _dims(shape: Sequence[int]) -> str:
-    return "x".join(str(int(v)) for v in shape)
 
 
 def trtexec_command(onnx_file: str, engine_file: str,
@@ -67,7 +65,7 @@ def trtexec_command(onnx_file: str, engine_file: str,
                           "build-engine BUNDLE --int8 --calib DIR' on the device")
 
     def shapes(key: str) -> str:
-        return ",".join(f"{name}:{_dims(p[key])}" for name, p in profiles.items())
+        return ",".join(f"{name}:{shape_text(p[key])}" for name, p in profiles.items())
 
     cmd = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file}",
            f"--minShapes={shapes('min')}", f"--optShapes={shapes('opt')}",
@@ -187,6 +185,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
     env = local_gpu_environment()
     trt = import_tensorrt()
     engine_path = Path(engine_path)
+    cache = engine_path.with_name(engine_path.name + ".calib")  # int8 calibration cache
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -213,8 +212,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
         for name, p in profiles.items():
             calib_profile.set_shape(name, tuple(p["opt"]), tuple(p["opt"]), tuple(p["opt"]))
         config.set_calibration_profile(calib_profile)
-        config.int8_calibrator = _entropy_calibrator(
-            trt, calibration, engine_path.with_name(engine_path.name + ".calib"))
+        config.int8_calibrator = _entropy_calibrator(trt, calibration, cache)
     _logger.info("building TensorRT %s engine (%s) on %s", precision, trt.__version__,
                  env["gpu_name"])
     serialized = builder.build_serialized_network(network, config)
@@ -222,12 +220,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
         raise BundleError(f"TensorRT failed to build the {precision} engine (see TensorRT's "
                           f"log above); try a larger workspace or fp32")
     engine_path.write_bytes(bytes(serialized))
-    cache = engine_path.with_name(engine_path.name + ".calib")
     if cache.exists():
         cache.unlink()  # calibration cache: a build by-product, not part of the bundle
     side = make_sidecar(engine_path.name, env, precision, profiles, "tensorrt-python")
-    import json
-
     sidecar_path(engine_path).write_text(json.dumps(side, indent=2), encoding="utf-8")
     return side
 
@@ -250,8 +245,6 @@ def export_torch_tensorrt(generator, path: str | os.PathLike,
     Raises:
         MissingDependencyError: torch-tensorrt, TensorRT or a CUDA GPU is missing.
     """
-    import json
-
     import torch
 
     env = local_gpu_environment()

@@ -121,7 +121,7 @@ def config_text(cfg) -> str:
 
 def servable_platforms(bundle_path: str | os.PathLike) -> list[str]:
     """The platforms a bundle has model files for (tensorrt_plan needs ONNX or an engine)."""
-    formats = {m.get("format") for m in load_bundle(bundle_path).manifest["files"].values()}
+    formats = load_bundle(bundle_path).model_formats
     return [p for p in PLATFORMS
             if ("torchscript" if p == "pytorch_libtorch" else "onnx") in formats]
 

@@ -15,8 +15,12 @@ import pytest
 
 import vcesdk
 from vcesdk.bundle import load_bundle
-from vcesdk.engines import (check_engine_compatible, engine_profiles, ort_provider_options,
-                            tensorrt_engine_available)
+from vcesdk.engines import (
+    check_engine_compatible,
+    engine_profiles,
+    ort_provider_options,
+    tensorrt_engine_available,
+)
 from vcesdk.errors import BundleError, MissingDependencyError, ProviderError
 
 HAVE_TRT = tensorrt_engine_available()

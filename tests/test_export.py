@@ -9,13 +9,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="export tests need the export extra (torch)")
 pytest.importorskip("onnx", reason="export tests need the export extra (onnx)")
 
-import vcesdk  # noqa: E402
-from vcesdk.errors import BundleError  # noqa: E402
+from helpers import tiny_recipe  # noqa: E402
 from vcesdk.export import export_bundle, export_onnx, onnx_parity  # noqa: E402
 from vcesdk.training.networks import create_generator  # noqa: E402
 from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
 
-from helpers import tiny_recipe  # noqa: E402
+import vcesdk  # noqa: E402
+from vcesdk.errors import BundleError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,9 @@ def test_torchscript_export_parity_and_runtime_backend(tiny_checkpoint, abdomen_
 
 def test_format_table_refuses_unknown_formats_and_options(tiny_checkpoint, abdomen_volume,
                                                          tmp_path):
-    from vcesdk.errors import InputError
     from vcesdk.export.formats import FORMATS, check_options, parse_formats
+
+    from vcesdk.errors import InputError
 
     assert [f.name for f in parse_formats("onnx, torchscript,onnx")] == ["onnx", "torchscript"]
     with pytest.raises(InputError, match=r"unknown export format 'tensorrtt'; valid: onnx, "

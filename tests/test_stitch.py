@@ -7,8 +7,15 @@ import pytest
 import vcesdk
 from vcesdk import _native
 from vcesdk.errors import InputError
-from vcesdk.stitch import (OverlapAverager, accumulate_reference, finalize_reference,
-                           gaussian_weight_map, sliding_window, window_grid, window_starts)
+from vcesdk.stitch import (
+    OverlapAverager,
+    accumulate_reference,
+    finalize_reference,
+    gaussian_weight_map,
+    sliding_window,
+    window_grid,
+    window_starts,
+)
 
 
 def test_native_kernel_is_built_with_openmp():

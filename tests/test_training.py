@@ -9,12 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training tests need the train extra (torch)")
 
+from helpers import tiny_recipe  # noqa: E402
 from vcesdk.training.networks import create_discriminator, create_generator  # noqa: E402
 from vcesdk.training.phantom import LABELS, make_phantom  # noqa: E402
 from vcesdk.training.recipe import Recipe  # noqa: E402
 from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
-
-from helpers import tiny_recipe  # noqa: E402
 
 _LABEL = {v: k for k, v in LABELS.items()}
 

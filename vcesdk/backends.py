@@ -23,14 +23,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .engines import (
-    TensorrtEngineBackend,
-    check_engine_compatible,
-    local_gpu_environment,
-    sidecar_path,
-    tensorrt_engine_available,
-)
-from .errors import BundleError, MissingDependencyError, ProviderError
+from .engines import TensorrtEngineBackend, checked_sidecar, tensorrt_engine_available
+from .errors import MissingDependencyError, ProviderError
 
 _logger = logging.getLogger(__name__)
 
@@ -120,14 +114,7 @@ class TorchTensorrtBackend:
     name = "TorchTensorRT"
 
     def __init__(self, model: Path, bundle_path: str | Path = "BUNDLE") -> None:
-        import json
-
-        env = local_gpu_environment()
-        side = sidecar_path(model)
-        if not side.is_file():
-            raise BundleError(f"{model.name} has no sidecar {side.name}; re-export it with "
-                              f"vcesdk export --format torch_tensorrt")
-        check_engine_compatible(json.loads(side.read_text(encoding="utf-8")), env, bundle_path)
+        checked_sidecar(model, bundle_path, "vcesdk export --format torch_tensorrt")
         try:
             import torch
             import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)

@@ -159,7 +159,7 @@ def candidate_providers(bundle: str) -> tuple[list[str], dict[str, str]]:
     from .runtime import DEFAULT_PROVIDER_ORDER
 
     b = load_bundle(bundle)
-    formats = {m.get("format") for m in b.manifest["files"].values() if m.get("role") == "model"}
+    formats = b.model_formats
     ok: list[str] = []
     skipped: dict[str, str] = {}
     ort_here = set(ort.get_available_providers())

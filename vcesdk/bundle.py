@@ -109,6 +109,12 @@ class Bundle:
     def phase(self) -> str:
         return str(self.manifest["phase"])
 
+    @property
+    def model_formats(self) -> set[str]:
+        """Formats of the bundle's model files ("onnx", "torchscript", "tensorrt", ...)."""
+        return {str(m.get("format")) for m in self.manifest["files"].values()
+                if m.get("role") == "model"}
+
     def file(self, role: str = "model", fmt: str | None = None) -> Path:
         """Path of the first file with this role (and format).
 
@@ -158,7 +164,8 @@ def validate_manifest(m: Any) -> dict:
             isinstance(v, (int, float)) and v > 0 for v in sp),
             f"manifest: input.resample.spacing_mm must be three positive numbers, got {sp!r}")
     orient = inp.get("orientation", "LPS")
-    _require(is_orientation_code(orient), f"manifest: input.orientation must be three letters like 'LPS', got {orient!r}")
+    _require(is_orientation_code(orient),
+             f"manifest: input.orientation must be three letters like 'LPS', got {orient!r}")
     out = _get(m, "output", "")
     hr = _get(out, "hu_range", "output.")
     _require(isinstance(hr, list) and len(hr) == 2

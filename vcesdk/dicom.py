@@ -18,9 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import (DuplicateSliceError, GantryTiltError, MissingSlicesError, NotCTError,
-                     SeriesSelectionError, SliceGeometryError, UnsupportedPixelDataError,
-                     VolumeReadError, VolumeWriteError)
+from .errors import (
+    DuplicateSliceError,
+    GantryTiltError,
+    MissingSlicesError,
+    NotCTError,
+    SeriesSelectionError,
+    SliceGeometryError,
+    UnsupportedPixelDataError,
+    VolumeReadError,
+    VolumeWriteError,
+)
 from .volume import CTVolume
 
 _logger = logging.getLogger(__name__)
@@ -43,7 +51,6 @@ _HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, O
 
 def _read_headers(folder: Path) -> list:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     datasets = []
     for f in sorted(folder.iterdir()):
@@ -51,11 +58,8 @@ def _read_headers(folder: Path) -> list:
             continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, NotImplementedError, *_HEADER_ERRORS):
-            _logger.info("skipping %s: not a readable DICOM file", f.name)
-            continue
-        except Exception as exc:  # noqa: BLE001  pydicom's own exception types for bad bytes
-            _logger.info("skipping %s: %s", f.name, exc)
+        except Exception as exc:  # noqa: BLE001  pydicom raises many types for bad bytes
+            _logger.info("skipping %s: not a readable DICOM file (%s)", f.name, exc)
             continue
         try:
             if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:

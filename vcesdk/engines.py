@@ -22,6 +22,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import BundleError, MissingDependencyError, ProviderError
+from .runtime import _round_up
 
 MODEL_INPUT = "ncct"
 """Name of the model input tensor in every exported graph (ONNX, TensorRT)."""
@@ -38,10 +39,6 @@ DEFAULT_PLANE: tuple[int, int, int] = (64, 256, 512)
 INSTALL_TENSORRT = ("install NVIDIA TensorRT for your CUDA version (x86_64 Linux: "
                     "'pip install tensorrt'; Jetson: it comes with JetPack) on a machine with "
                     "an NVIDIA GPU, plus 'pip install \"vcesdk[gpu]\"'")
-
-
-def _round_up(n: int, m: int) -> int:
-    return ((int(n) + m - 1) // m) * m
 
 
 def import_tensorrt():
@@ -125,7 +122,8 @@ def shape_in_profile(shape: Sequence[int], profile: Mapping[str, Sequence[int]])
         lo <= s <= hi for s, lo, hi in zip(shape, profile["min"], profile["max"]))
 
 
-def _shape_text(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
+    """(1, 3, 8, 64, 64) -> "1x3x8x64x64", the shape syntax of trtexec and ONNX Runtime."""
     return "x".join(str(int(v)) for v in shape)
 
 
@@ -154,9 +152,9 @@ def ort_provider_options(bundle: Bundle, providers: Sequence[str], fp16: bool = 
         if p == trt_name:
             prof = engine_profiles(bundle)[MODEL_INPUT]
             opts.update({"device_id": str(device_id),
-                         "trt_profile_min_shapes": f"{MODEL_INPUT}:{_shape_text(prof['min'])}",
-                         "trt_profile_opt_shapes": f"{MODEL_INPUT}:{_shape_text(prof['opt'])}",
-                         "trt_profile_max_shapes": f"{MODEL_INPUT}:{_shape_text(prof['max'])}",
+                         "trt_profile_min_shapes": f"{MODEL_INPUT}:{shape_text(prof['min'])}",
+                         "trt_profile_opt_shapes": f"{MODEL_INPUT}:{shape_text(prof['opt'])}",
+                         "trt_profile_max_shapes": f"{MODEL_INPUT}:{shape_text(prof['max'])}",
                          "trt_fp16_enable": "True" if fp16 else "False"})
             if engine_cache:
                 opts.update({"trt_engine_cache_enable": "True",
@@ -211,6 +209,28 @@ def check_engine_compatible(sidecar: Mapping[str, Any], local: Mapping[str, str]
             f"on this machine: vcesdk build-engine {bundle_path}")
 
 
+def checked_sidecar(model: Path, bundle_path: str | Path, rebuild: str, device: int = 0
+                    ) -> dict[str, Any]:
+    """The sidecar of an engine-holding model file, checked against this machine.
+
+    Args:
+        model: the .engine / .ep file; its sidecar is ``<file>.json``.
+        bundle_path: the bundle, named in the rebuild message.
+        rebuild: the command that rebuilds the file, for the missing-sidecar message.
+        device: CUDA device index the engine will run on.
+
+    Raises:
+        BundleError: no sidecar, or an engine built for another GPU / TensorRT / CUDA.
+        MissingDependencyError: TensorRT, torch or a CUDA GPU is missing.
+    """
+    side = sidecar_path(model)
+    if not side.is_file():
+        raise BundleError(f"{model.name} has no sidecar {side.name}; rebuild it: {rebuild}")
+    sidecar = json.loads(side.read_text(encoding="utf-8"))
+    check_engine_compatible(sidecar, local_gpu_environment(device), bundle_path)
+    return sidecar
+
+
 class TensorrtEngineBackend:
     """A bundle's TensorRT engine, run with TensorRT's Python runtime (``execute_async_v3``)
     on PyTorch CUDA buffers.
@@ -230,13 +250,8 @@ class TensorrtEngineBackend:
 
     def __init__(self, engine: Path, bundle_path: str | Path = "BUNDLE", device: int = 0
                  ) -> None:
-        side = sidecar_path(engine)
-        if not side.is_file():
-            raise BundleError(f"TensorRT engine {engine.name} has no sidecar {side.name}; "
-                              f"rebuild it: vcesdk build-engine {bundle_path}")
-        sidecar = json.loads(side.read_text(encoding="utf-8"))
-        env = local_gpu_environment(device)
-        check_engine_compatible(sidecar, env, bundle_path)
+        sidecar = checked_sidecar(engine, bundle_path, f"vcesdk build-engine {bundle_path}",
+                                  device)
         trt = import_tensorrt()
         import torch
 
@@ -265,8 +280,8 @@ class TensorrtEngineBackend:
         shape = tuple(int(v) for v in batch.shape)
         if not shape_in_profile(shape, self._profile):
             raise ProviderError(
-                f"window batch {_shape_text(shape)} lies outside the engine's profile "
-                f"{_shape_text(self._profile['min'])} .. {_shape_text(self._profile['max'])}; "
+                f"window batch {shape_text(shape)} lies outside the engine's profile "
+                f"{shape_text(self._profile['min'])} .. {shape_text(self._profile['max'])}; "
                 f"rebuild the engine with a larger --plane or --max-batch")
         with self._lock, torch.cuda.stream(self._stream):
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)

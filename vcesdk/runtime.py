@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import InputError, InvalidVoxelValuesError, MemoryBudgetError, ProviderError
+from .errors import InvalidVoxelValuesError, MemoryBudgetError, ProviderError
 from .intensity import channels_to_hu, hu_to_channels
 from .stitch import sliding_window, window_grid
 from .volume import CTVolume, orient_volume, orientation_code, resample_volume
@@ -108,8 +108,7 @@ def resolve_providers(requested: Sequence[str] | None, bundle: Bundle | None = N
         if name not in known:
             raise ProviderError(f"unknown execution provider {name!r}; valid: "
                                 f"{', '.join(known)}")
-    formats = None if bundle is None else {
-        m.get("format") for m in bundle.manifest["files"].values() if m.get("role") == "model"}
+    formats = None if bundle is None else bundle.model_formats
     ort_ok = formats is None or "onnx" in formats
     available = list(ort.get_available_providers()) if ort_ok else []
     available += [p for p, (fmt, ok) in BUNDLE_PROVIDERS.items()
@@ -229,18 +228,16 @@ def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
     channels padded to the network's multiples, the output channels there, the prediction in
     HU, and on the input grid the difference and the result (2 volumes).
     """
-    d, h, w = vol.shape
+    grid = list(vol.shape)  # axes taken as already in the model's orientation (axial scans)
     if bundle.resample_mm is not None:
-        factor = float(np.prod(np.asarray(vol.spacing_mm) / np.asarray(bundle.resample_mm)))
-    else:
-        factor = 1.0
-    model_voxels = d * h * w * factor
-    padded = model_voxels * np.prod([1 + m / max(n * f, 1.0) for m, n, f in zip(
-        bundle.multiple_of, (d, h, w), (factor ** (1 / 3),) * 3)])
+        grid = [max(1, round(n * s / t)) for n, s, t in
+                zip(grid, vol.spacing_mm, bundle.resample_mm)]
+    padded, _, _ = plan_windows(bundle, grid)
     c_in = len(bundle.windows)
     c_out = int(bundle.manifest["output"]["channels"])
-    floats = model_voxels * 2 + padded * (c_in + c_out) + d * h * w * 2
-    return float(floats * 4 / 1e6)
+    floats = (2 * float(np.prod(grid)) + float(np.prod(padded)) * (c_in + c_out)
+              + 2 * float(np.prod(vol.shape)))
+    return floats * 4 / 1e6
 
 
 class Synthesizer:
