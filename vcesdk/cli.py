@@ -1,6 +1,9 @@
 """The ``vcesdk`` command.
 
     vcesdk synthesize INPUT -o OUTPUT_DIR [--model BUNDLE ...] [--format dicom|nifti|nrrd|mha]
+                      [--series UID] [--tilt refuse|resample] [--oblique refuse|resample]
+                      [--contrast-guard warn|refuse|off]
+    vcesdk inspect INPUT [--series UID] [--tilt refuse|resample]
     vcesdk export CHECKPOINT_OR_BUNDLE -o BUNDLE --parity-input CT
                   [--format onnx,torchscript,tensorrt] [--half | --int8 --calib DIR]
                   [--target local|jetson]
@@ -14,9 +17,11 @@ Every :class:`vcesdk.errors.VcesdkError` ends as one line on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from . import DEFAULT_BUNDLE, __version__
@@ -68,7 +73,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     for model in args.model or [str(DEFAULT_BUNDLE)]:
         bundle = load_bundle(model)
         syns.append(Synthesizer(bundle, providers=args.providers,
-                                provider_options=_provider_options(args, bundle)))
+                                provider_options=_provider_options(args, bundle),
+                                contrast_guard=args.contrast_guard, oblique=args.oblique))
     phases = [s.bundle.phase for s in syns]
     if len(set(phases)) != len(phases):
         raise InputError(f"two --model bundles synthesize the same phase ({', '.join(phases)});"
@@ -77,10 +83,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         if syn.bundle.manifest.get("demo"):
             print(f"note: {syn.bundle.name} is a demonstration model trained on phantoms; not "
                   f"for clinical use", file=sys.stderr)
-    vol = read_volume(src)
+    vol = read_volume(src, series_uid=args.series, tilt=args.tilt)
     print(f"input: {src} {vol.shape[0]} slices x {vol.shape[1]} x {vol.shape[2]}, spacing "
           f"{'/'.join(f'{s:.3g}' for s in vol.spacing_mm)} mm (z/y/x)")
-    results = []
+    results, warned = [], []
     for syn in syns:
         with tqdm(desc=f"synthesize {syn.bundle.phase.upper()}", unit="window",
                   disable=args.quiet) as bar:
@@ -88,7 +94,14 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            results.append((syn, syn.synthesize(vol, progress=progress), syn.last_latency))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                scect = syn.synthesize(vol, progress=progress)
+            results.append((syn, scect, syn.last_latency))
+            warned += [str(w.message) for w in caught if str(w.message) not in warned]
+    for message in warned:
+        print(f"vcesdk: warning: {message}", file=sys.stderr)
+    contrast = syns[0].last_contrast
     single = len(results) == 1
     entries = []
     with atomic_output(out_dir, is_dir=True, overwrite=args.overwrite) as tmp:
@@ -110,6 +123,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             "latency": lat.__dict__ if lat else None})
         report = {"input": str(src), "shape": list(vol.shape),
                   "spacing_mm": list(vol.spacing_mm), "vcesdk": __version__,
+                  "contrast_check": (dataclasses.asdict(contrast) | {"mode": args.contrast_guard}
+                                     if contrast is not None else {"mode": "off"}),
                   **entries[0], "phases": entries}
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     for e in entries:
@@ -260,6 +275,31 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .contrast import estimate_contrast
+    from .dicom import list_series
+    from .volume import obliquity_deg, orientation_code, read_volume
+
+    src = Path(args.input)
+    if src.is_dir():
+        print(f"{'':2}{'SeriesInstanceUID':<64} {'no.':>5} {'mod':<4} {'images':>6} "
+              f"{'matrix':>9} {'plane':<8} description")
+        for s in list_series(src):
+            mark = "* " if s.default else "  "
+            print(f"{mark}{s.uid:<64} {s.number if s.number is not None else '':>5} "
+                  f"{s.modality:<4} {s.images:>6} {f'{s.rows}x{s.columns}':>9} "
+                  f"{s.plane + (' MF' if s.multiframe else ''):<8} {s.description}")
+        print("  (* read when no --series is given)")
+    vol = read_volume(src, series_uid=args.series, tilt=args.tilt)
+    est = estimate_contrast(vol)
+    print(f"volume: {vol.shape[0]} x {vol.shape[1]} x {vol.shape[2]} (D x H x W), spacing "
+          f"{'/'.join(f'{s:.3g}' for s in vol.spacing_mm)} mm (z/y/x), orientation "
+          f"{orientation_code(vol)}, {obliquity_deg(vol):.1f} degrees oblique, HU "
+          f"{float(vol.hu.min()):.0f}..{float(vol.hu.max()):.0f}")
+    print(f"contrast: {est.line()}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ._native import build_info
     from .bundle import load_bundle
@@ -272,6 +312,15 @@ def cmd_info(args: argparse.Namespace) -> int:
                                 for k, v in m["files"].items()},
                       "native_kernel": build_info()}, indent=2))
     return 0
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", metavar="UID",
+                   help="SeriesInstanceUID to read from a folder holding several (default: the "
+                        "largest axial CT series; 'vcesdk inspect FOLDER' lists them)")
+    p.add_argument("--tilt", choices=("refuse", "resample"), default="refuse",
+                   help="DICOM series with gantry tilt: refuse (default) or shift the slices "
+                        "onto an orthogonal grid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workspace-gb", type=float, metavar="GB",
                    help="TensorRT execution provider: builder workspace limit")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _input_options(s)
+    s.add_argument("--oblique", choices=("refuse", "resample"), default="refuse",
+                   help="volumes oblique to the patient axes: refuse (default) or run on an "
+                        "axis-aligned resampled grid")
+    s.add_argument("--contrast-guard", choices=("warn", "refuse", "off"), default="warn",
+                   help="input that already looks contrast-enhanced: warn (default), refuse, "
+                        "or do not check")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synthesize)
 
@@ -370,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-batch-size", type=int, default=4, help="Triton max_batch_size (4)")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_triton)
+
+    n = sub.add_parser("inspect", help="list the series of a DICOM folder; geometry and "
+                                       "contrast check of the input")
+    n.add_argument("input", help="DICOM folder, or .nii/.nii.gz/.nrrd/.mha file")
+    _input_options(n)
+    n.set_defaults(func=cmd_inspect)
 
     i = sub.add_parser("info", help="describe a bundle and the native kernel build")
     i.add_argument("bundle", nargs="?", default=str(DEFAULT_BUNDLE))

@@ -10,6 +10,7 @@ ImageType DERIVED\\SECONDARY, and a SeriesDescription that starts with "SYNTHETI
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 from .errors import (
     DuplicateSliceError,
     GantryTiltError,
+    InputError,
     MissingSlicesError,
     NotCTError,
     SeriesSelectionError,
@@ -49,10 +51,73 @@ _MAX_TILT_DEG = 0.5  # stacking direction vs slice normal; above this the series
 _HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
 
 
-def _read_headers(folder: Path) -> list:
+ENHANCED_CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+                       "1.2.840.10008.5.1.4.1.1.2.2")  # Legacy Converted Enhanced CT
+TILT_MODES = ("refuse", "resample")
+
+
+@dataclasses.dataclass
+class _Frame:
+    """One image plane: a single-frame file or one frame of a multi-frame file."""
+
+    path: Path
+    ds: object  # the file's dataset, without pixel data
+    index: int | None  # frame index in a multi-frame file, None for single-frame
+    ipp: np.ndarray
+    iop: np.ndarray
+    pixel_mm: tuple[float, float]  # (row spacing, column spacing)
+    slope: float
+    intercept: float
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.index is None else f"{self.path.name}[frame {self.index + 1}]"
+
+
+def _group_item(ds, frame_item, sequence: str):
+    """First item of a functional group sequence, per-frame first, then shared."""
+    for holder in (frame_item, _first(ds, "SharedFunctionalGroupsSequence")):
+        if holder is not None and sequence in holder and len(holder[sequence]):
+            return holder[sequence][0]
+    return None
+
+
+def _first(ds, keyword: str):
+    return ds[keyword][0] if keyword in ds and len(ds[keyword]) else None
+
+
+def _frames_of(path: Path, ds) -> list[_Frame]:
+    """The image planes of one DICOM file (enhanced multi-frame CT expanded per frame)."""
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+        frames = []
+        for i, item in enumerate(ds.get("PerFrameFunctionalGroupsSequence", [])):
+            pos = _group_item(ds, item, "PlanePositionSequence")
+            ori = _group_item(ds, item, "PlaneOrientationSequence")
+            meas = _group_item(ds, item, "PixelMeasuresSequence")
+            rescale = _group_item(ds, item, "PixelValueTransformationSequence")
+            if pos is None or ori is None or meas is None:
+                raise SliceGeometryError(f"{path.name} frame {i + 1} lacks plane position, "
+                                         f"orientation or pixel measures")
+            frames.append(_Frame(
+                path, ds, i, np.asarray([float(v) for v in pos.ImagePositionPatient]),
+                np.asarray([float(v) for v in ori.ImageOrientationPatient]),
+                tuple(float(v) for v in meas.PixelSpacing),
+                float((rescale or {}).get("RescaleSlope", 1.0) or 1.0),
+                float((rescale or {}).get("RescaleIntercept", 0.0) or 0.0)))
+        return frames
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return []
+    return [_Frame(path, ds, None, np.asarray([float(v) for v in ds.ImagePositionPatient]),
+                   np.asarray([float(v) for v in ds.ImageOrientationPatient]),
+                   tuple(float(v) for v in ds.PixelSpacing),
+                   float(ds.get("RescaleSlope", 1.0) or 1.0),
+                   float(ds.get("RescaleIntercept", 0.0) or 0.0))]
+
+
+def _read_headers(folder: Path) -> list[_Frame]:
     import pydicom
 
-    datasets = []
+    frames = []
     for f in sorted(folder.iterdir()):
         if not f.is_file():
             continue
@@ -62,89 +127,239 @@ def _read_headers(folder: Path) -> list:
             _logger.info("skipping %s: not a readable DICOM file (%s)", f.name, exc)
             continue
         try:
-            if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-                continue
+            frames.extend(_frames_of(f, ds))
         except _HEADER_ERRORS:
             continue
-        datasets.append((f, ds))
-    return datasets
+    return frames
 
 
-def _normal(ds) -> np.ndarray:
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+def _normal(iop: np.ndarray) -> np.ndarray:
     return np.cross(iop[:3], iop[3:])
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+@dataclasses.dataclass(frozen=True)
+class SeriesInfo:
+    """One image series found in a folder (see :func:`list_series`).
+
+    Attributes:
+        uid: SeriesInstanceUID.
+        number: SeriesNumber (None when absent).
+        modality: Modality, e.g. "CT".
+        description: SeriesDescription.
+        images: image planes (frames of multi-frame files counted one by one).
+        files: files holding them.
+        rows, columns: matrix size of the first image.
+        plane: "axial", "coronal", "sagittal" or "oblique" (slice normal within 10 degrees of
+            a patient axis, else oblique).
+        multiframe: the series is held in multi-frame (enhanced) files.
+        default: the series :func:`read_dicom_series` reads when no UID is given.
+    """
+
+    uid: str
+    number: int | None
+    modality: str
+    description: str
+    images: int
+    files: int
+    rows: int
+    columns: int
+    plane: str
+    multiframe: bool
+    default: bool = False
+
+
+def _plane(iop: np.ndarray) -> str:
+    n = np.abs(_normal(iop))
+    axis = int(np.argmax(n))
+    if n[axis] < np.cos(np.radians(10.0)):
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def _by_series(frames: list[_Frame]) -> dict[str, list[_Frame]]:
+    series: dict[str, list[_Frame]] = defaultdict(list)
+    for fr in frames:
+        series[str(fr.ds.get("SeriesInstanceUID", ""))].append(fr)
+    return series
+
+
+def _default_series(series: dict[str, list[_Frame]]) -> str | None:
+    """The largest CT series, axial ones first; None when there is no CT series."""
+    ct = [uid for uid, items in series.items()
+          if all(str(fr.ds.get("Modality", "")) == "CT" for fr in items)]
+    if not ct:
+        return None
+    return max(ct, key=lambda u: (_plane(series[u][0].iop) == "axial", len(series[u])))
+
+
+def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
+    """The image series in a folder of DICOM files, largest first (headers only).
+
+    Args:
+        folder: a folder of DICOM files (single- or multi-frame); unreadable files skipped.
+
+    Returns:
+        One :class:`SeriesInfo` per SeriesInstanceUID; ``default`` marks the one read when no
+        series is chosen (the largest axial CT series).
+
+    Raises:
+        VolumeReadError: the folder is missing or holds no DICOM images.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VolumeReadError(f"not a folder: {folder}")
+    series = _by_series(_read_headers(folder))
+    if not series:
+        raise VolumeReadError(f"no DICOM images in {folder}")
+    chosen = _default_series(series)
+    out = []
+    for uid, items in series.items():
+        ds = items[0].ds
+        number = ds.get("SeriesNumber", None)
+        out.append(SeriesInfo(
+            uid=uid, number=int(number) if number not in (None, "") else None,
+            modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
+            images=len(items), files=len({fr.path for fr in items}),
+            rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+            plane=_plane(items[0].iop), multiframe=any(fr.index is not None for fr in items),
+            default=uid == chosen))
+    return sorted(out, key=lambda s: (not s.default, -s.images))
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
+                      tilt: str = "refuse") -> CTVolume:
     """Read one CT series from a folder of DICOM files into a :class:`CTVolume`.
 
     Args:
-        folder: a folder of single-frame DICOM image files.
-        series_uid: SeriesInstanceUID to read; by default the CT series with the most slices.
+        folder: a folder of DICOM image files: single-frame CT Image Storage, or enhanced /
+            legacy-converted enhanced multi-frame CT (frames placed by their per-frame plane
+            position); compressed transfer syntaxes are decoded by pylibjpeg / pyjpegls.
+        series_uid: SeriesInstanceUID to read; by default the largest axial CT series (see
+            :func:`list_series`).
+        tilt: slices acquired with gantry tilt (stacked obliquely to their plane): "refuse"
+            (raise :class:`GantryTiltError`) or "resample" (shift each slice in its plane onto
+            an orthogonal grid, linear interpolation, air outside, as dcm2niix does).
 
     Returns:
         float32 HU (D, H, W), slices ordered by position along the slice normal; spacing (z, y,
         x) with z from the slice positions; the per-slice headers in ``source_headers``.
 
     Raises:
-        VolumeReadError: no DICOM images, a non-CT series, mixed slice geometry, duplicate or
-            unevenly spaced slice positions.
+        VolumeReadError: no DICOM images; NotCTError: a non-CT series; SeriesSelectionError: an
+            unknown UID; SliceGeometryError (MissingSlicesError, DuplicateSliceError,
+            GantryTiltError): mixed geometry, missing, duplicate or tilted slices;
+            UnsupportedPixelDataError: pixel data that cannot be decoded.
+        InputError: an unknown `tilt` mode.
     """
+    if tilt not in TILT_MODES:
+        raise InputError(f"tilt must be one of {', '.join(TILT_MODES)}, got {tilt!r}")
     folder = Path(folder)
     try:
-        return _read_series(folder, series_uid)
+        return _read_series(folder, series_uid, tilt)
     except _HEADER_ERRORS as exc:  # malformed values in headers of otherwise readable files
         raise VolumeReadError(f"malformed DICOM header in {folder}: {type(exc).__name__}: "
                               f"{exc}") from None
 
 
-def _read_series(folder: Path, series_uid: str | None) -> CTVolume:
-    import pydicom
-
+def _select(folder: Path, series_uid: str | None) -> list[_Frame]:
     found = _read_headers(folder)
     if not found:
         raise VolumeReadError(f"no DICOM images in {folder}")
-    series: dict[str, list] = defaultdict(list)
-    for f, ds in found:
-        series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+    series = _by_series(found)
     if series_uid is not None:
         if series_uid not in series:
             raise SeriesSelectionError(f"series {series_uid} not in {folder}; found: "
-                                       f"{', '.join(sorted(series))}")
+                                       f"{', '.join(sorted(series))} (list them with "
+                                       f"'vcesdk inspect {folder}')")
         chosen = series[series_uid]
     else:
-        ct = {uid: items for uid, items in series.items()
-              if all(str(ds.get("Modality", "")) == "CT" for _, ds in items)}
-        if not ct:
-            modalities = sorted({str(ds.get("Modality", "?")) for _, ds in found})
+        uid = _default_series(series)
+        if uid is None:
+            modalities = sorted({str(fr.ds.get("Modality", "?")) for fr in found})
             raise NotCTError(f"no CT series in {folder} (modalities: "
                              f"{', '.join(modalities)}); vcesdk needs CT")
-        uid = max(ct, key=lambda u: len(ct[u]))
         if len(series) > 1:
-            _logger.info("%s holds %d series; reading the largest CT series %s (%d slices)",
-                         folder, len(series), uid, len(ct[uid]))
-        chosen = ct[uid]
-    modality = {str(ds.get("Modality", "")) for _, ds in chosen}
+            _logger.info("%s holds %d series; reading the largest axial CT series %s (%d "
+                         "images)", folder, len(series), uid, len(series[uid]))
+        chosen = series[uid]
+    modality = {str(fr.ds.get("Modality", "")) for fr in chosen}
     if modality != {"CT"}:
         raise NotCTError(f"series is {'/'.join(sorted(modality))}, not CT; vcesdk needs CT")
+    return chosen
 
-    normal = _normal(chosen[0][1])
-    first_iop = np.asarray([float(v) for v in chosen[0][1].ImageOrientationPatient])
-    for f, ds in chosen:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if not np.allclose(iop, first_iop, atol=1e-4):
-            raise SliceGeometryError(f"{f.name} has a different ImageOrientationPatient than "
+
+def _pixels(frame: _Frame, cache: dict) -> np.ndarray:
+    """Stored pixel values of one frame, (rows, cols)."""
+    import pydicom
+
+    if frame.path not in cache:
+        cache.clear()  # multi-frame files are read once; keep only the current one
+        try:
+            ds = pydicom.dcmread(frame.path)
+        except Exception as exc:  # noqa: BLE001  (truncated or corrupt file)
+            raise VolumeReadError(f"cannot read {frame.path.name}: {exc}") from None
+        try:
+            cache[frame.path] = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001  pydicom raises many types for pixel data
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"
+            raise UnsupportedPixelDataError(
+                f"cannot decode pixel data of {frame.path.name} ({name}): {exc}; compressed "
+                f"series need pylibjpeg, pylibjpeg-openjpeg and pyjpegls (installed with "
+                f"vcesdk) or GDCM") from None
+    pixels = cache[frame.path]
+    if frame.index is not None:
+        if pixels.ndim != 3 or frame.index >= pixels.shape[0]:
+            raise UnsupportedPixelDataError(f"{frame.name}: the file holds {pixels.shape} "
+                                            f"pixels, not one grayscale frame per plane")
+        return pixels[frame.index]
+    if pixels.ndim != 2:
+        raise UnsupportedPixelDataError(f"{frame.name} holds {pixels.shape} pixels, not one "
+                                        f"grayscale frame (multi-frame or colour)")
+    return pixels
+
+
+def _untilt(hu: np.ndarray, positions: np.ndarray, along: np.ndarray, iop: np.ndarray,
+            pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Shift each slice in its plane so the stack becomes orthogonal (gantry-tilt correction).
+
+    Slice k's in-plane offset from slice 0 (its position minus the part along the normal) is
+    undone with a linear-interpolated translation; pixels shifted in from outside are air.
+    """
+    import SimpleITK as sitk
+
+    normal = _normal(iop)
+    row_mm, col_mm = pixel_mm
+    out = np.empty_like(hu)
+    for k in range(hu.shape[0]):
+        d = positions[k] - positions[0] - (along[k] - along[0]) * normal
+        img = sitk.GetImageFromArray(hu[k])
+        img.SetSpacing((col_mm, row_mm))
+        # output (c, r) samples input (c - dc, r - dr): the offset maps output to input points
+        shift = sitk.TranslationTransform(2, (-float(np.dot(d, iop[:3])),
+                                              -float(np.dot(d, iop[3:]))))
+        out[k] = sitk.GetArrayFromImage(sitk.Resample(img, img, shift, sitk.sitkLinear, -1024.0))
+    return out
+
+
+def _read_series(folder: Path, series_uid: str | None, tilt: str) -> CTVolume:
+    chosen = _select(folder, series_uid)
+    first_iop = chosen[0].iop
+    normal = _normal(first_iop)
+    for fr in chosen:
+        if not np.allclose(fr.iop, first_iop, atol=1e-4):
+            raise SliceGeometryError(f"{fr.name} has a different ImageOrientationPatient than "
                                      f"the rest of the series")
-    chosen.sort(key=lambda item: float(np.dot(normal, [float(v) for v in
-                                                        item[1].ImagePositionPatient])))
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in chosen])
+    chosen.sort(key=lambda fr: float(np.dot(normal, fr.ipp)))
+    positions = np.array([fr.ipp for fr in chosen])
     along = positions @ normal
+    tilted = False
     if len(chosen) > 1:
         gaps = np.diff(along)
         if np.any(gaps < 1e-3):
             i = int(np.argmin(gaps))
             raise DuplicateSliceError(f"duplicate slice position {along[i]:.3f} mm in "
-                                      f"{chosen[i][0].name} and {chosen[i + 1][0].name}; "
+                                      f"{chosen[i].name} and {chosen[i + 1].name}; "
                                       f"remove the duplicate files or pick one series")
         dz = float(np.median(gaps))
         worst = float(np.max(np.abs(gaps - dz)))
@@ -153,55 +368,46 @@ def _read_series(folder: Path, series_uid: str | None) -> CTVolume:
             if gaps[i] > dz:
                 missing = int(round(gaps[i] / dz)) - 1
                 raise MissingSlicesError(
-                    f"{missing} slice(s) missing between {chosen[i][0].name} and "
-                    f"{chosen[i + 1][0].name} (gap {gaps[i]:.3f} mm, spacing {dz:.3f} mm); "
+                    f"{missing} slice(s) missing between {chosen[i].name} and "
+                    f"{chosen[i + 1].name} (gap {gaps[i]:.3f} mm, spacing {dz:.3f} mm); "
                     f"re-export the complete series")
             raise SliceGeometryError(f"uneven slice spacing: gaps from {gaps.min():.3f} to "
                                      f"{gaps.max():.3f} mm (median {dz:.3f}); resample the "
                                      f"series to even spacing first")
         step = positions[-1] - positions[0]
         cos = abs(float(np.dot(step, normal))) / max(float(np.linalg.norm(step)), 1e-9)
-        tilt = float(np.degrees(np.arccos(min(1.0, cos))))
-        if tilt > _MAX_TILT_DEG:
-            raise GantryTiltError(f"gantry tilt of {tilt:.1f} degrees (slices stacked "
-                                  f"obliquely to their plane; GantryDetectorTilt "
-                                  f"{chosen[0][1].get('GantryDetectorTilt', 'absent')}); "
-                                  f"resample to an orthogonal grid first (e.g. dcm2niix)")
+        angle = float(np.degrees(np.arccos(min(1.0, cos))))
+        if angle > _MAX_TILT_DEG:
+            if tilt == "refuse":
+                raise GantryTiltError(
+                    f"gantry tilt of {angle:.1f} degrees (slices stacked obliquely to their "
+                    f"plane; GantryDetectorTilt "
+                    f"{chosen[0].ds.get('GantryDetectorTilt', 'absent')}); pass --tilt "
+                    f"resample (tilt='resample') to shift the slices onto an orthogonal grid")
+            tilted = True
+            _logger.info("correcting %.1f degrees of gantry tilt", angle)
     else:
-        dz = float(chosen[0][1].get("SliceThickness", 1.0) or 1.0)
+        dz = float(chosen[0].ds.get("SliceThickness", 1.0) or 1.0)
 
-    first = chosen[0][1]
-    rows, cols = int(first.Rows), int(first.Columns)
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)  # (row spacing, column spacing)
+    first = chosen[0]
+    rows, cols = int(first.ds.Rows), int(first.ds.Columns)
     hu = np.empty((len(chosen), rows, cols), dtype=np.float32)
     headers = []
-    for i, (f, _) in enumerate(chosen):
-        try:
-            ds = pydicom.dcmread(f)
-        except Exception as exc:  # noqa: BLE001  (truncated or corrupt file)
-            raise VolumeReadError(f"cannot read {f.name}: {exc}") from None
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001  pydicom raises many types for pixel data
-            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"
-            raise UnsupportedPixelDataError(
-                f"cannot decode pixel data of {f.name} ({name}): {exc}; compressed series need "
-                f"pylibjpeg, pylibjpeg-openjpeg and pyjpegls (installed with vcesdk) or "
-                f"GDCM") from None
-        if pixels.ndim != 2:
-            raise UnsupportedPixelDataError(f"{f.name} holds {pixels.shape} pixels, not one "
-                                            f"grayscale frame (multi-frame or colour)")
+    cache: dict = {}
+    for i, fr in enumerate(chosen):
+        if tuple(fr.pixel_mm) != tuple(first.pixel_mm):
+            raise SliceGeometryError(f"{fr.name} has pixel spacing {fr.pixel_mm}, the series "
+                                     f"{first.pixel_mm}")
+        pixels = _pixels(fr, cache)
         if pixels.shape != (rows, cols):
-            raise SliceGeometryError(f"{f.name} is {pixels.shape[0]} x {pixels.shape[1]}, the series "
-                                  f"is {rows} x {cols}")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        hu[i] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        del ds.PixelData
-        headers.append(ds)
+            raise SliceGeometryError(f"{fr.name} is {pixels.shape[0]} x {pixels.shape[1]}, the "
+                                     f"series is {rows} x {cols}")
+        hu[i] = pixels.astype(np.float32) * np.float32(fr.slope) + np.float32(fr.intercept)
+        headers.append(fr.ds)
+    if tilted:
+        hu = _untilt(hu, positions, along, first_iop, first.pixel_mm)
     direction = np.column_stack([first_iop[:3], first_iop[3:], normal])
-    return CTVolume(hu=hu, spacing_mm=(dz, row_mm, col_mm), origin_mm=tuple(positions[0]),
+    return CTVolume(hu=hu, spacing_mm=(dz, *first.pixel_mm), origin_mm=tuple(positions[0]),
                     direction=direction, source_headers=headers)
 
 

@@ -79,5 +79,10 @@ class MemoryBudgetError(InputError):
     """The estimated memory a synthesis needs exceeds the configured budget."""
 
 
+class ObliqueVolumeError(InputError):
+    """The volume's axes are oblique to the patient axes (e.g. an oblique reformat); the
+    models were trained on axial grids. Pass oblique="resample" to run on a resampled grid."""
+
+
 class ContrastEnhancedInputError(InputError):
     """The input looks contrast-enhanced already (blood pool far above native blood HU)."""

@@ -16,10 +16,23 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import InvalidVoxelValuesError, MemoryBudgetError, ProviderError
+from .errors import (
+    InputError,
+    InvalidVoxelValuesError,
+    MemoryBudgetError,
+    ObliqueVolumeError,
+    ProviderError,
+)
 from .intensity import channels_to_hu, hu_to_channels
 from .stitch import sliding_window, window_grid
-from .volume import CTVolume, orient_volume, orientation_code, resample_volume
+from .volume import (
+    CTVolume,
+    axis_aligned_grid,
+    obliquity_deg,
+    orient_volume,
+    orientation_code,
+    resample_volume,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -27,6 +40,9 @@ AIR_HU = -1024.0
 """Values below this (field-of-view padding such as -2048 or -3024) are air to the model."""
 DEFAULT_MEMORY_BUDGET_MB = 16384.0
 """Default limit on the estimated memory of one synthesis (``VCESDK_MEMORY_BUDGET_MB``)."""
+MAX_OBLIQUE_DEG = 3.0
+"""Axes more than this many degrees from the patient axes make a volume oblique."""
+OBLIQUE_MODES = ("refuse", "resample")
 
 # Preference order when the caller names no providers.
 DEFAULT_PROVIDER_ORDER: tuple[str, ...] = (
@@ -260,6 +276,13 @@ class Synthesizer:
             :func:`vcesdk.engines.ort_provider_options`.
         memory_budget_mb: refuse volumes whose :func:`estimate_memory_mb` exceeds this
             (default ``$VCESDK_MEMORY_BUDGET_MB`` or 16384).
+        contrast_guard: what to do when the input already looks contrast-enhanced (see
+            :mod:`vcesdk.contrast`): "warn" (default; a :class:`UserWarning` and a log line),
+            "refuse" (raise :class:`~vcesdk.errors.ContrastEnhancedInputError`) or "off".
+        oblique: what to do with a volume whose axes are oblique to the patient axes by more
+            than :data:`MAX_OBLIQUE_DEG`: "refuse" (default; raise
+            :class:`~vcesdk.errors.ObliqueVolumeError`) or "resample" (run on an axis-aligned
+            grid, bring the result back onto the input grid).
 
     Thread safety: one Synthesizer may be used from several threads at once; each
     :meth:`synthesize` call keeps its state on its own stack and gives bit-identical results
@@ -273,6 +296,8 @@ class Synthesizer:
         bundle: the verified bundle.
         provider: the execution provider that was chosen.
         last_latency: the :class:`LatencyReport` of the last call.
+        last_contrast: the :class:`~vcesdk.contrast.ContrastEstimate` of the last call (None
+            when the guard is off).
 
     Raises:
         BundleError: the bundle is missing, malformed or altered.
@@ -282,8 +307,20 @@ class Synthesizer:
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  providers: Sequence[str] | None = None, intra_op_threads: int = 0,
                  provider_options: dict[str, dict] | None = None,
-                 memory_budget_mb: float | None = None) -> None:
+                 memory_budget_mb: float | None = None, contrast_guard: str = "warn",
+                 oblique: str = "refuse") -> None:
         from . import DEFAULT_BUNDLE
+        from .contrast import GUARD_MODES
+
+        if contrast_guard not in GUARD_MODES:
+            raise InputError(f"contrast_guard must be one of {', '.join(GUARD_MODES)}, got "
+                             f"{contrast_guard!r}")
+        if oblique not in OBLIQUE_MODES:
+            raise InputError(f"oblique must be one of {', '.join(OBLIQUE_MODES)}, got "
+                             f"{oblique!r}")
+        self.contrast_guard = contrast_guard
+        self.oblique = oblique
+        self.last_contrast = None
 
         self.memory_budget_mb = float(memory_budget_mb if memory_budget_mb is not None else
                                       os.environ.get("VCESDK_MEMORY_BUDGET_MB",
@@ -337,8 +374,34 @@ class Synthesizer:
         Raises:
             InvalidVoxelValuesError: the volume holds NaN or infinite values.
             MemoryBudgetError: the estimated memory exceeds :attr:`memory_budget_mb`.
+            ObliqueVolumeError: oblique axes and ``oblique="refuse"``.
+            ContrastEnhancedInputError: the input looks enhanced and
+                ``contrast_guard="refuse"``.
         """
+        from .contrast import check_contrast
+
         t0 = time.perf_counter()
+        angle = obliquity_deg(vol)
+        if angle > MAX_OBLIQUE_DEG and self.oblique == "refuse":
+            raise ObliqueVolumeError(
+                f"volume axes are {angle:.1f} degrees oblique to the patient axes (an oblique "
+                f"acquisition or reformat); pass --oblique resample (oblique='resample') to "
+                f"run on an axis-aligned grid")
+        if not np.all(np.isfinite(vol.hu)):
+            raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or "
+                                          "mask them before synthesis")
+        self.last_contrast = check_contrast(vol, self.contrast_guard)
+        if angle > MAX_OBLIQUE_DEG:
+            aligned = resample_volume(vol, (), reference=axis_aligned_grid(vol),
+                                      default_hu=AIR_HU)
+            enhanced = self._synthesize(aligned, progress, t0)
+            delta = enhanced.with_hu(enhanced.hu - aligned.hu)
+            back = resample_volume(delta, (), reference=vol, default_hu=0.0).hu
+            return vol.with_hu((vol.hu + back).astype(np.float32, copy=False))
+        return self._synthesize(vol, progress, t0)
+
+    def _synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None,
+                    t0: float) -> CTVolume:
         b = self.bundle
         need = estimate_memory_mb(b, vol)
         if need > self.memory_budget_mb:

@@ -133,7 +133,8 @@ def _nifti_nonfinite(path: Path) -> int:
     return int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
 
 
-def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+def read_volume(path: str | os.PathLike, series_uid: str | None = None,
+                tilt: str = "refuse") -> CTVolume:
     """Read a CT volume in HU from a DICOM series folder or a NIfTI / NRRD / MHA file.
 
     DICOM slices are sorted by their position along the slice normal and RescaleSlope /
@@ -142,7 +143,10 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     Args:
         path: a folder holding one DICOM series (or several: the largest CT series is taken,
             or the one with `series_uid`), a single DICOM file's folder, or an image file.
-        series_uid: SeriesInstanceUID to select in a folder holding several series.
+        series_uid: SeriesInstanceUID to select in a folder holding several series (list them
+            with :func:`vcesdk.dicom.list_series` or ``vcesdk inspect FOLDER``).
+        tilt: DICOM series with gantry tilt: "refuse" or "resample" (see
+            :func:`vcesdk.dicom.read_dicom_series`).
 
     Returns:
         The volume, float32 HU (D, H, W), spacing (z, y, x) mm.
@@ -156,7 +160,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     if p.is_dir():
         from .dicom import read_dicom_series
 
-        return read_dicom_series(p, series_uid=series_uid)
+        return read_dicom_series(p, series_uid=series_uid, tilt=tilt)
     if _itk_suffix(p) is not None:
         import SimpleITK as sitk
 
@@ -176,7 +180,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> CTVol
     if p.suffix.lower() in (".dcm", "") or p.suffix.lower() == ".ima":
         from .dicom import read_dicom_series
 
-        return read_dicom_series(p.parent, series_uid=series_uid)
+        return read_dicom_series(p.parent, series_uid=series_uid, tilt=tilt)
     raise VolumeReadError(f"unknown volume format for {p}: expected a DICOM folder or a file "
                           f"ending in one of {', '.join(ITK_SUFFIXES)}")
 
@@ -302,3 +306,35 @@ def orient_volume(vol: CTVolume, code: str = "LPS") -> CTVolume:
     if orientation_code(vol) == code:
         return vol
     return CTVolume.from_sitk(sitk.DICOMOrient(vol.to_sitk(), code))
+
+
+def obliquity_deg(vol: CTVolume) -> float:
+    """Largest angle, in degrees, between an index axis of `vol` and its nearest patient axis
+    (0 for axial, coronal or sagittal grids; e.g. 20 for a reformat rotated by 20 degrees)."""
+    cosines = np.max(np.abs(vol.direction), axis=0)
+    return float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+
+
+def axis_aligned_grid(vol: CTVolume) -> CTVolume:
+    """An empty (air) volume on an axis-aligned grid covering `vol`: each index axis snapped to
+    its nearest patient axis (same spacing), extent the bounding box of `vol`'s corners.
+
+    Returns:
+        A CTVolume of -1024 HU (the grid to resample an oblique volume onto).
+    """
+    direction = np.zeros((3, 3))
+    for j in range(3):
+        i = int(np.argmax(np.abs(vol.direction[:, j])))
+        direction[i, j] = np.sign(vol.direction[i, j])
+    spacing_xyz = np.asarray(vol.spacing_mm[::-1], dtype=np.float64)
+    size_xyz = np.asarray(vol.shape[::-1])
+    corners = np.array([[a, b, c] for a in (0, size_xyz[0] - 1) for b in (0, size_xyz[1] - 1)
+                        for c in (0, size_xyz[2] - 1)], dtype=np.float64)
+    physical = np.asarray(vol.origin_mm) + (corners * spacing_xyz) @ vol.direction.T
+    local = physical @ direction  # coordinates along the new index axes
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    size = np.floor((hi - lo) / spacing_xyz + 1e-6).astype(int) + 1
+    origin = direction @ lo
+    return CTVolume(hu=np.full(tuple(size[::-1]), -1024.0, dtype=np.float32),
+                    spacing_mm=tuple(vol.spacing_mm), origin_mm=tuple(origin),
+                    direction=direction)
