@@ -3,6 +3,7 @@ a missing file fails the test with the path, it does not skip."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ SHARED_CT = Path(os.environ.get("VCESDK_SHARED_CT", ROOT.parent / "shared" / "da
 LUNG1 = "pyradiomics_lung1/lung1_image.nrrd"
 ABDOMEN = "totalseg_abdomen_native/example_ct.nii.gz"
 HCC_DICOM = "hcc048_portal_venous/dicom"
+CHEST_CTA = "totalseg_chest_cta"
+HCC_SLICES = 8  # slices of hcc048 copied for tests that break a series
 
 
 def shared(rel: str) -> Path:
@@ -50,3 +53,28 @@ def abdomen_volume(abdomen_path):
     import vcesdk
 
     return vcesdk.read_volume(abdomen_path)
+
+
+@pytest.fixture(scope="session")
+def hcc_files(hcc_dicom_dir):
+    """The first HCC_SLICES files of the real hcc048 series, in slice order."""
+    import pydicom
+
+    import vcesdk
+
+    vol = vcesdk.read_volume(hcc_dicom_dir)
+    by_sop = {}
+    for f in sorted(hcc_dicom_dir.iterdir()):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        by_sop[str(ds.SOPInstanceUID)] = f
+    return [by_sop[str(h.SOPInstanceUID)] for h in vol.source_headers[:HCC_SLICES]]
+
+
+@pytest.fixture
+def series(hcc_files, tmp_path):
+    """A fresh copy of HCC_SLICES real CT slices to break."""
+    d = tmp_path / "series"
+    d.mkdir()
+    for i, f in enumerate(hcc_files):
+        shutil.copy2(f, d / f"s{i:02d}.dcm")
+    return d

@@ -22,29 +22,6 @@ import vcesdk
 from vcesdk import errors
 from vcesdk.errors import VcesdkError
 
-N_SLICES = 8
-
-
-@pytest.fixture(scope="module")
-def hcc_files(hcc_dicom_dir):
-    """The first N_SLICES files of the real hcc048 series, in slice order."""
-    vol = vcesdk.read_volume(hcc_dicom_dir)
-    by_sop = {}
-    for f in sorted(hcc_dicom_dir.iterdir()):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        by_sop[str(ds.SOPInstanceUID)] = f
-    return [by_sop[str(h.SOPInstanceUID)] for h in vol.source_headers[:N_SLICES]]
-
-
-@pytest.fixture
-def series(hcc_files, tmp_path):
-    """A fresh copy of N_SLICES real CT slices to break."""
-    d = tmp_path / "series"
-    d.mkdir()
-    for i, f in enumerate(hcc_files):
-        shutil.copy2(f, d / f"s{i:02d}.dcm")
-    return d
-
 
 @pytest.fixture(scope="module")
 def reference(hcc_files, tmp_path_factory):

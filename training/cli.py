@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"validation MAE {last_val['val_mae_hu']:.2f} HU (NCCT identity "
                   f"{last_val['val_mae_hu_ncct']:.2f} HU)")
         if args.bundle:
-            from vcesdk import read_volume
             from vcesdk.export import export_bundle
+
+            from vcesdk import read_volume
 
             vol = read_volume(args.parity_input)
             path = export_bundle(load_checkpoint(args.out), args.bundle, vol, demo=args.demo,

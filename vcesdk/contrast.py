@@ -148,12 +148,12 @@ def estimate_contrast(vol: CTVolume, max_slices: int = MAX_SLICES) -> ContrastEs
     if max_slices < 1:
         raise InputError(f"max_slices must be >= 1, got {max_slices}")
     work = orient_volume(vol, "LPS")
-    hu = np.nan_to_num(work.hu, nan=-1024.0, posinf=3071.0, neginf=-1024.0)
-    work = work.with_hu(np.maximum(hu, np.float32(-1024.0)))
     picks = np.unique(np.linspace(0, work.shape[0] - 1, min(max_slices, work.shape[0]))
                       .round().astype(int))
-    # sampled slices only, brought to PIXEL_MM in-plane (the z spacing is irrelevant here)
-    sub = CTVolume(hu=np.ascontiguousarray(work.hu[picks]), spacing_mm=(1.0, *work.spacing_mm[1:]),
+    # sampled slices only, padding and non-finite values as air, brought to PIXEL_MM in-plane
+    # (the z spacing is irrelevant here)
+    hu = np.nan_to_num(work.hu[picks], nan=-1024.0, posinf=3071.0, neginf=-1024.0)
+    sub = CTVolume(hu=np.maximum(hu, np.float32(-1024.0)), spacing_mm=(1.0, *work.spacing_mm[1:]),
                    origin_mm=work.origin_mm, direction=work.direction)
     sub = resample_volume(sub, (1.0, PIXEL_MM, PIXEL_MM), default_hu=-1024.0)
     areas, meds, hits = [], [], 0

@@ -77,13 +77,15 @@ class _Frame:
 def _group_item(ds, frame_item, sequence: str):
     """First item of a functional group sequence, per-frame first, then shared."""
     for holder in (frame_item, _first(ds, "SharedFunctionalGroupsSequence")):
-        if holder is not None and sequence in holder and len(holder[sequence]):
-            return holder[sequence][0]
+        seq = holder.get(sequence, None) if holder is not None else None
+        if seq:
+            return seq[0]
     return None
 
 
 def _first(ds, keyword: str):
-    return ds[keyword][0] if keyword in ds and len(ds[keyword]) else None
+    seq = ds.get(keyword, None)
+    return seq[0] if seq else None
 
 
 def _frames_of(path: Path, ds) -> list[_Frame]:
