@@ -48,8 +48,13 @@ def _windows(depth: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stitch_fn(method: str, depth: int, stride: int, blend: str, values, offsets):
-    from vcesdk.stitch import (OverlapAverager, StreamingStitcher, accumulate_reference,
-                               finalize_reference, gaussian_weight_map)
+    from vcesdk.stitch import (
+        OverlapAverager,
+        StreamingStitcher,
+        accumulate_reference,
+        finalize_reference,
+        gaussian_weight_map,
+    )
 
     shape = (depth, 512, 512)
     batch = 4

@@ -7,7 +7,6 @@ Run: python -m pytest benchmarks --benchmark-json=bench.json
 from __future__ import annotations
 
 import pytest
-
 from bench_stitch import STITCH_METHODS, _stitch_fn, _windows
 
 DEPTH = 96

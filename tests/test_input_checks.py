@@ -69,7 +69,7 @@ def test_guard_modes(hcc_volume):
 
 
 def test_phantom_ncct_passes_the_guard():
-    from training.phantom import make_phantom
+    from vcesdk.training.phantom import make_phantom
 
     for seed in (0, 1):
         case = make_phantom(seed)
