@@ -59,7 +59,7 @@ def _method(iterations: int, sampling: float, seed: int):
 
 def register(fixed: CTVolume, moving: CTVolume, bspline: bool = False,
              iterations: int = 200, sampling: float = 0.1, mesh_mm: float = 60.0,
-             seed: int = 0) -> Registration:
+             seed: int = 0, default_hu: float = -1024.0) -> Registration:
     """Register `moving` (a contrast phase) to `fixed` (the NCCT).
 
     Args:
@@ -70,6 +70,7 @@ def register(fixed: CTVolume, moving: CTVolume, bspline: bool = False,
         sampling: fraction of fixed voxels sampled for the metric (random, seeded).
         mesh_mm: B-spline control point spacing, mm.
         seed: seed of the metric sampling (same inputs + seed -> same result).
+        default_hu: value of fixed voxels that map outside the moving scan.
 
     Returns:
         The :class:`Registration`.
