@@ -244,3 +244,26 @@ def test_window_samplers_2p5d_and_3d(shifted_dataset, tmp_path):
     assert min(edges) == -1.0
     with pytest.raises(vcesdk.errors.InputError, match="no dp pairs"):
         WindowSampler(store, "dp", wins, (-1000, 1000))
+
+
+def test_vnc_pairs_from_real_chest_cta(tmp_path):
+    from conftest import CHEST_CTA, shared
+    from vcesdk.training.store import PairedStore, build_store
+
+    cta = shared(CHEST_CTA)
+    out = tmp_path / "vnc"
+    assert data_main(["vnc", "--cta", str(cta), "--out", str(out)]) == 0
+    for case in ("aorta_report", "pulmonary_report"):
+        ap = vcesdk.read_volume(out / case / "ap.nii.gz").hu
+        ncct = vcesdk.read_volume(out / case / "ncct.nii.gz").hu
+        pool = vcesdk.read_volume(out / case / "blood_pool.nii.gz").hu > 0.5
+        assert np.median(ap[pool]) > 350  # arterial blood pool (data README: ~354 / ~466 HU)
+        assert 35 < np.median(ncct[pool]) < 75  # unenhanced blood 40-55 HU + texture
+        far = ~pool
+        from scipy.ndimage import binary_dilation
+
+        far &= ~binary_dilation(pool, iterations=6)
+        np.testing.assert_array_equal(ncct[far], ap[far])  # nothing else changes
+    # the pairs are in the user layout: the store takes them as they are (already aligned)
+    store = PairedStore(build_store(out, tmp_path / "store", phases=["ap"], registration="none"))
+    assert store.patients_with("ap") == ["aorta_report", "pulmonary_report"]

@@ -4,6 +4,7 @@
                          [--misalign K] [--shift-mm MM] [--elastic-mm MM] [--size H W D]
                          [--spacing Z Y X] [--noise-hu HU] [--cupping-hu HU] [--no-dicom]
     vcesdk-data montage DIR [--patient ID] [--real CT] -o PNG
+    vcesdk-data vnc --cta ../shared/data/ct/totalseg_chest_cta --out DIR
 
 Layout (written to a temporary sibling, renamed into place when complete):
 
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", required=True, help="PNG file")
     m.add_argument("--patient", help="patient folder name (default: the first)")
     m.add_argument("--real", help="a real CT volume to show beside it")
+    v = sub.add_parser("vnc", help="VNC-like (ncct, ap) pairs from the real chest CTA crops")
+    v.add_argument("--cta", required=True, help="folder of the totalseg_chest_cta crops + masks")
+    v.add_argument("--out", required=True, help="dataset folder to create (user layout)")
+    v.add_argument("--overwrite", action="store_true")
     return p
 
 
@@ -264,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                            args.elastic_mm, args.cupping_hu, dicom=not args.no_dicom,
                            jobs=args.jobs, overwrite=args.overwrite)
             print(f"wrote {out} ({args.patients} patients)")
+        elif args.command == "vnc":
+            from .vnc import write_vnc_pairs
+
+            print(f"wrote {write_vnc_pairs(args.cta, args.out, overwrite=args.overwrite)}")
         else:
             print(f"wrote {montage(args.dataset, args.output, args.patient, args.real)}")
     except VcesdkError as exc:
