@@ -185,10 +185,13 @@ def shifted_dataset(tmp_path_factory):
     return out
 
 
-def test_store_registers_checks_and_caches(shifted_dataset, tmp_path):
+def test_store_registers_checks_and_caches(shifted_dataset, tmp_path, capsys):
     from vcesdk.training.store import PairedStore, build_store
 
-    raw = build_store(shifted_dataset, tmp_path / "raw", phases=["pvp"], registration="none")
+    raw = tmp_path / "raw"
+    assert data_main(["store", str(shifted_dataset), "--out", str(raw), "--phases", "pvp",
+                      "--registration", "none"]) == 0
+    assert capsys.readouterr().out.count("pvp: dropped, residual") == 2
     pairs = json.loads((raw / "index.json").read_text())["pairs"]
     # unregistered: the 001 rule (> 6 px residual) drops both pairs, with the reason
     assert [p["kept"] for p in pairs] == [False, False]

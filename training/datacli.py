@@ -5,6 +5,8 @@
                          [--spacing Z Y X] [--noise-hu HU] [--cupping-hu HU] [--no-dicom]
     vcesdk-data montage DIR [--patient ID] [--real CT] -o PNG
     vcesdk-data vnc --cta ../shared/data/ct/totalseg_chest_cta --out DIR
+    vcesdk-data store DIR --out STORE [--phases ap,pvp,dp] [--registration none|affine|bspline]
+                      [--qc-max-px 6]
 
 Layout (written to a temporary sibling, renamed into place when complete):
 
@@ -257,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cta", required=True, help="folder of the totalseg_chest_cta crops + masks")
     v.add_argument("--out", required=True, help="dataset folder to create (user layout)")
     v.add_argument("--overwrite", action="store_true")
+    s = sub.add_parser("store", help="register, quality-check and cache paired scans")
+    s.add_argument("dataset", help="folder of <patient>/<phase> scans (user or phantom layout)")
+    s.add_argument("--out", required=True, help="store folder to create")
+    s.add_argument("--phases", default="ap,pvp,dp", help="contrast phases to pair with the NCCT")
+    s.add_argument("--registration", choices=("none", "affine", "bspline"), default="affine")
+    s.add_argument("--qc-max-px", type=float, default=6.0,
+                   help="drop pairs whose residual shift exceeds this (6 px, as in 001)")
+    s.add_argument("--overwrite", action="store_true")
     return p
 
 
@@ -269,6 +279,22 @@ def main(argv: list[str] | None = None) -> int:
                            args.elastic_mm, args.cupping_hu, dicom=not args.no_dicom,
                            jobs=args.jobs, overwrite=args.overwrite)
             print(f"wrote {out} ({args.patients} patients)")
+        elif args.command == "store":
+            from .store import build_store
+
+            out = build_store(args.dataset, args.out, phases=args.phases.split(","),
+                              registration=args.registration, qc_max_px=args.qc_max_px,
+                              overwrite=args.overwrite)
+            index = json.loads((out / "index.json").read_text(encoding="utf-8"))
+            for pair in index["pairs"]:
+                line = f"  {pair['patient']} {pair['phase']}: "
+                line += "kept" if pair["kept"] else "dropped"
+                if pair["residual_max_px"] is not None:
+                    line += f", residual {pair['residual_max_px']:.2f} px"
+                if pair["reason"]:
+                    line += f" ({pair['reason']})"
+                print(line)
+            print(f"wrote {out}")
         elif args.command == "vnc":
             from .vnc import write_vnc_pairs
 
