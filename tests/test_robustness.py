@@ -270,3 +270,17 @@ def test_fuzz_dicom_reader(hcc_files, tmp_path_factory, data):
     except VcesdkError:
         return
     assert vol.hu.ndim == 3 and vol.hu.dtype == np.float32
+
+
+def test_unknown_vr_in_a_used_header_tag_skips_that_file(series, reference):
+    """Found by the fuzzer in CI: Modality's VR bytes 'CS' turned into 'C\\x00' made pydicom
+    raise NotImplementedError on first access; the file is now skipped like any unreadable
+    one and the series reads without it."""
+    files = _files(series)
+    raw = files[-1].read_bytes()
+    tag = b"\x08\x00\x60\x00CS"
+    assert raw.count(tag) == 1
+    files[-1].write_bytes(raw.replace(tag, b"\x08\x00\x60\x00C\x00"))
+    vol = vcesdk.read_volume(series)  # the last slice is dropped, the rest read as before
+    assert vol.shape[0] == reference.shape[0] - 1
+    np.testing.assert_array_equal(vol.hu, reference.hu[:-1])

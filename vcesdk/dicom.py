@@ -48,7 +48,12 @@ PATIENT_STUDY_TAGS: tuple[str, ...] = (
 SLICE_TAGS: tuple[str, ...] = ("AcquisitionNumber",)
 _MAX_SPACING_DEVIATION = 0.1  # fraction of the median slice spacing tolerated between slices
 _MAX_TILT_DEG = 0.5  # stacking direction vs slice normal; above this the series is tilted
-_HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
+# what pydicom raises when a (lazily parsed) header element is malformed
+_HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+                  NotImplementedError)
+# header elements the reader uses: parsed up front so a malformed one skips its file
+_USED_TAGS = ("Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Rows",
+              "Columns", "SliceThickness", "GantryDetectorTilt")
 
 
 ENHANCED_CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -129,8 +134,11 @@ def _read_headers(folder: Path) -> list[_Frame]:
             _logger.info("skipping %s: not a readable DICOM file (%s)", f.name, exc)
             continue
         try:
+            for keyword in _USED_TAGS:
+                str(ds.get(keyword, ""))
             frames.extend(_frames_of(f, ds))
-        except _HEADER_ERRORS:
+        except _HEADER_ERRORS as exc:
+            _logger.info("skipping %s: malformed header (%s)", f.name, exc)
             continue
     return frames
 
@@ -217,9 +225,12 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     out = []
     for uid, items in series.items():
         ds = items[0].ds
-        number = ds.get("SeriesNumber", None)
+        try:
+            number = int(ds.get("SeriesNumber", None))
+        except _HEADER_ERRORS:
+            number = None
         out.append(SeriesInfo(
-            uid=uid, number=int(number) if number not in (None, "") else None,
+            uid=uid, number=number,
             modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
             images=len(items), files=len({fr.path for fr in items}),
             rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
