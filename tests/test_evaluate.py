@@ -1,0 +1,57 @@
+"""vcesdk-eval: the report of a bundle against the NCCT identity baseline on phantoms."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from vcesdk.training.datacli import generate
+from vcesdk.training.evaluate import main as eval_main
+from vcesdk.training.metrics import image_metrics
+
+import vcesdk
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("heldout") / "ds"
+    # seeds 9000+ are never used by the training recipes (they train on seeds < 1000)
+    return generate(out, 2, ["ncct", "pvp"], seed=9000, size_hwd=(112, 112, 16),
+                    spacing_mm=(4, 2, 2), dicom=False, jobs=1, progress=False)
+
+
+def test_report_schema_and_identity_baseline(held_out, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert eval_main([str(vcesdk.DEFAULT_BUNDLE), "--data", str(held_out), "--out", str(out)]) == 0
+    assert "| NCCT identity |" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    pvp = report["phases"]["pvp"]
+    assert pvp["cases"] == ["P09000", "P09001"]
+    for entry in (pvp["ncct_identity"], pvp["vcesdk-demo-pvp"]):
+        assert set(entry) == {"psnr", "ssim", "ms_ssim", "mae_hu"}
+        assert all(set(v) == {"mean", "sd"} and np.isfinite(v["mean"]) for v in entry.values())
+    # the identity row is exactly the metrics of NCCT vs the truth, averaged over the cases
+    per_case = []
+    for pid in pvp["cases"]:
+        ncct = vcesdk.read_volume(held_out / pid / "ncct.nii.gz").hu
+        truth = vcesdk.read_volume(held_out / pid / "pvp.nii.gz").hu
+        body = vcesdk.read_volume(held_out / pid / "labels.nii.gz").hu > 0
+        per_case.append(image_metrics(ncct, truth, 60, 500, body))
+    for m in ("psnr", "ssim", "ms_ssim", "mae_hu"):
+        assert pvp["ncct_identity"][m]["mean"] == pytest.approx(
+            np.mean([c[m] for c in per_case]), rel=1e-6)
+    # PVP enhancement makes NCCT differ from the truth by tens of HU in the body
+    assert 10 < pvp["ncct_identity"]["mae_hu"]["mean"] < 80
+    md = (out / "report.md").read_text()
+    assert "## PVP (2 cases)" in md and "+/-" in md
+    for png in ("example_pvp_vcesdk-demo-pvp.png", "histogram_pvp.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dataset_without_the_phase_is_refused(held_out, tmp_path, capsys):
+    d = tmp_path / "ap_only"
+    (d / "P1").mkdir(parents=True)
+    (d / "P1" / "ncct.nii.gz").write_bytes((held_out / "P09000" / "ncct.nii.gz").read_bytes())
+    assert eval_main([str(vcesdk.DEFAULT_BUNDLE), "--data", str(d), "--out",
+                      str(tmp_path / "r")]) == 1
+    assert "no patient" in capsys.readouterr().err and not (tmp_path / "r").exists()

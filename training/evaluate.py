@@ -1,0 +1,214 @@
+"""``vcesdk-eval``: rank models against the NCCT identity baseline on held-out paired data.
+
+    vcesdk-eval BUNDLE [BUNDLE ...] --data DIR --out REPORT_DIR [--window L W] [--max-cases N]
+
+DIR is a dataset in the layout of ``vcesdk-data`` (``<patient>/ncct.nii.gz``,
+``<patient>/<phase>.nii.gz`` or ``<phase>_aligned.nii.gz`` as the truth when present,
+``<patient>/labels.nii.gz`` optional) or the user layout of :mod:`vcesdk.training.store`. Each
+bundle synthesizes its phase from every NCCT; the NCCT itself is the identity baseline.
+
+Writes (atomically) ``report.json``: per phase, ``ncct_identity`` and each model carry
+``psnr``, ``ssim``, ``ms_ssim``, ``mae_hu`` as ``{"mean", "sd"}`` plus per-lesion-type MAE;
+``report.md``: one table per phase (mean +/- SD, as the seeds' tables) and lesion rows;
+``example_<phase>_<model>.png`` (NCCT | sCECT | difference at the window) and
+``histogram_<phase>.png`` (body HU histograms of NCCT, target and each model, as 000's Fig. 5).
+Metrics: :mod:`vcesdk.training.metrics` (window default L 60 / W 500, 000's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vcesdk.errors import InputError, VcesdkError
+from vcesdk.fileio import atomic_output
+from vcesdk.volume import read_volume
+
+from .metrics import image_metrics, mae_hu
+from .phantom import LABEL_OF, LESIONS
+from .store import find_phase
+
+METRICS = ("psnr", "ssim", "ms_ssim", "mae_hu")
+DEFAULT_WINDOW = (60.0, 500.0)  # 000_dfb6c11774226ce2.txt: L 60 / W 500 -> [0, 255]
+
+
+def _truth(pdir: Path, phase: str) -> Path | None:
+    aligned = pdir / f"{phase}_aligned.nii.gz"
+    return aligned if aligned.is_file() else find_phase(pdir, phase)
+
+
+def _summary(values: list[dict]) -> dict:
+    out = {}
+    for m in METRICS:
+        v = np.asarray([d[m] for d in values], dtype=np.float64)
+        out[m] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return out
+
+
+def _histogram_png(curves: dict[str, np.ndarray], path: Path, lo: float = -200.0,
+                   hi: float = 400.0) -> None:
+    """Line plot of normalised HU histograms (PIL only): one colour per curve, legend on top."""
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 640, 360, 40
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    colours = [(0, 0, 0), (200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 80, 180)]
+    bins = np.linspace(lo, hi, 121)
+    hists = {k: np.histogram(v, bins=bins)[0].astype(float) for k, v in curves.items()}
+    top = max(float(h.max()) for h in hists.values()) or 1.0
+    draw.rectangle([pad, pad, W - pad, H - pad], outline=(120, 120, 120))
+    for i, (name, h) in enumerate(hists.items()):
+        xs = pad + (np.arange(len(h)) + 0.5) / len(h) * (W - 2 * pad)
+        ys = H - pad - h / top * (H - 2 * pad)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colours[i % len(colours)], width=2)
+        draw.text((pad + 5 + 150 * i, 10), name, fill=colours[i % len(colours)])
+    for x_hu in (lo, 0.0, hi):
+        x = pad + (x_hu - lo) / (hi - lo) * (W - 2 * pad)
+        draw.text((x - 12, H - pad + 8), f"{x_hu:.0f}", fill=(0, 0, 0))
+    draw.text((W // 2 - 20, H - 16), "HU (body)", fill=(0, 0, 0))
+    img.save(path, format="PNG")
+
+
+def evaluate(bundles: Sequence[str | os.PathLike], data: str | os.PathLike,
+             out: str | os.PathLike, window: Sequence[float] = DEFAULT_WINDOW,
+             max_cases: int | None = None, overwrite: bool = False) -> Path:
+    """Evaluate model bundles against the NCCT identity baseline (see the module docstring).
+
+    Raises:
+        InputError: no patient holds both an NCCT and a bundle's phase.
+    """
+    from vcesdk.preview import preview_strip
+    from vcesdk.runtime import Synthesizer
+
+    data = Path(data)
+    level, width = (float(v) for v in window)
+    syns = [Synthesizer(b, contrast_guard="off") for b in bundles]
+    names = [s.bundle.name for s in syns]
+    if len(set(names)) != len(names):
+        raise InputError(f"two bundles share a name ({', '.join(names)})")
+    patients = sorted(p for p in data.iterdir() if p.is_dir() and find_phase(p, "ncct"))
+    if max_cases:
+        patients = patients[:max_cases]
+    report: dict = {"data": str(data), "window": {"level": level, "width": width},
+                    "phases": {}}
+    md = [f"# Evaluation on {data}", "",
+          f"Window L {level:g} / W {width:g} HU -> [0, 255] for PSNR (data range 255), SSIM "
+          f"and MS-SSIM; MAE in HU over the body. Mean +/- SD over cases.", ""]
+    with atomic_output(Path(out), is_dir=True, overwrite=overwrite) as tmp:
+        for phase in sorted({s.bundle.phase for s in syns}):
+            models = [s for s in syns if s.bundle.phase == phase]
+            rows: dict[str, list[dict]] = {"ncct_identity": []}
+            lesion_rows: dict[str, dict[str, list[float]]] = {}
+            hist: dict[str, list[np.ndarray]] = {"NCCT": [], f"{phase.upper()} (truth)": []}
+            cases = []
+            for pdir in patients:
+                truth_path = _truth(pdir, phase)
+                if truth_path is None:
+                    continue
+                ncct = read_volume(find_phase(pdir, "ncct"))
+                truth = read_volume(truth_path)
+                if truth.shape != ncct.shape:
+                    raise InputError(f"{pdir.name}: {phase} is {truth.shape}, NCCT {ncct.shape};"
+                                     f" register the pair first (vcesdk-data store)")
+                labels_path = pdir / "labels.nii.gz"
+                labels = (read_volume(labels_path).hu.astype(np.int32)
+                          if labels_path.is_file() else None)
+                body = labels > 0 if labels is not None else truth.hu > -500
+                rows["ncct_identity"].append(image_metrics(ncct.hu, truth.hu, level, width,
+                                                           body))
+                preds = {}
+                for s in models:
+                    pred = s.synthesize(ncct).hu
+                    preds[s.bundle.name] = pred
+                    rows.setdefault(s.bundle.name, []).append(
+                        image_metrics(pred, truth.hu, level, width, body))
+                if labels is not None:
+                    for kind in LESIONS:
+                        m = labels == LABEL_OF[kind]
+                        if m.sum() < 10:
+                            continue
+                        per = lesion_rows.setdefault(kind, {})
+                        per.setdefault("ncct_identity", []).append(mae_hu(ncct.hu, truth.hu, m))
+                        for name, pred in preds.items():
+                            per.setdefault(name, []).append(mae_hu(pred, truth.hu, m))
+                hist["NCCT"].append(ncct.hu[body])
+                hist[f"{phase.upper()} (truth)"].append(truth.hu[body])
+                for name, pred in preds.items():
+                    hist.setdefault(name, []).append(pred[body])
+                if not cases:  # the first case is the example figure
+                    k = int(np.argmax(body.sum(axis=(1, 2))))
+                    for name, pred in preds.items():
+                        preview_strip(ncct.hu, pred, tmp / f"example_{phase}_{name}.png",
+                                      slices=[k], spacing_mm=ncct.spacing_mm,
+                                      window=(level, width))
+                cases.append(pdir.name)
+            if not cases:
+                continue
+            entry = {"cases": cases, "ncct_identity": _summary(rows["ncct_identity"]),
+                     "models": {n: _summary(v) for n, v in rows.items() if n != "ncct_identity"},
+                     "lesions": {k: {n: {"mae_hu": {"mean": float(np.mean(v)),
+                                                    "sd": float(np.std(v, ddof=1))
+                                                    if len(v) > 1 else 0.0}, "n": len(v)}
+                                     for n, v in per.items()}
+                                 for k, per in lesion_rows.items()}}
+            for name, summ in entry["models"].items():
+                entry[name] = summ
+            report["phases"][phase] = entry
+            _histogram_png({k: np.concatenate(v) for k, v in hist.items()},
+                           tmp / f"histogram_{phase}.png")
+            md += [f"## {phase.upper()} ({len(cases)} cases)", "",
+                   "| model | PSNR (dB) | SSIM | MS-SSIM | MAE (HU) |", "| --- | --- | --- | --- | --- |"]
+            for name, summ in [("NCCT identity", entry["ncct_identity"]),
+                               *entry["models"].items()]:
+                cells = [f"{summ[m]['mean']:.{1 if m in ('psnr', 'mae_hu') else 3}f} +/- "
+                         f"{summ[m]['sd']:.{1 if m in ('psnr', 'mae_hu') else 3}f}"
+                         for m in METRICS]
+                md.append(f"| {name} | " + " | ".join(cells) + " |")
+            if entry["lesions"]:
+                md += ["", "Lesion MAE (HU), mean +/- SD over lesions' cases:", "",
+                       "| lesion | " + " | ".join(["NCCT identity", *entry["models"]]) + " |",
+                       "| --- " * (2 + len(entry["models"])) + "|"]
+                for kind, per in entry["lesions"].items():
+                    cells = [f"{per[n]['mae_hu']['mean']:.1f} +/- {per[n]['mae_hu']['sd']:.1f} "
+                             f"(n={per[n]['n']})" if n in per else "-"
+                             for n in ["ncct_identity", *entry["models"]]]
+                    md.append(f"| {kind} | " + " | ".join(cells) + " |")
+            md += ["", f"![examples](example_{phase}_{models[0].bundle.name}.png)",
+                   f"![histograms](histogram_{phase}.png)", ""]
+        if not report["phases"]:
+            raise InputError(f"no patient in {data} has an NCCT and a "
+                             f"{'/'.join(sorted({s.bundle.phase for s in syns}))} scan")
+        (tmp / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vcesdk-eval", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", metavar="BUNDLE", help="model bundle folder(s)")
+    p.add_argument("--data", required=True, help="held-out dataset folder")
+    p.add_argument("--out", required=True, help="report folder to create")
+    p.add_argument("--window", type=float, nargs=2, default=DEFAULT_WINDOW,
+                   metavar=("LEVEL", "WIDTH"), help="HU window (default 60 500, as 000)")
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        out = evaluate(args.models, args.data, args.out, args.window, args.max_cases,
+                       args.overwrite)
+    except VcesdkError as exc:
+        print(f"vcesdk-eval: error: {exc}", file=sys.stderr)
+        return 1
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
