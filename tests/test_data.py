@@ -270,3 +270,26 @@ def test_vnc_pairs_from_real_chest_cta(tmp_path):
     # the pairs are in the user layout: the store takes them as they are (already aligned)
     store = PairedStore(build_store(out, tmp_path / "store", phases=["ap"], registration="none"))
     assert store.patients_with("ap") == ["aorta_report", "pulmonary_report"]
+
+
+def test_trainer_reads_a_dataset_folder(tmp_path):
+    from helpers import tiny_recipe
+    from vcesdk.training.datacli import generate
+    from vcesdk.training.trainer import Trainer
+
+    ds = generate(tmp_path / "ds", 3, ["ncct", "pvp"], seed=700, size_hwd=(64, 64, 8),
+                  spacing_mm=(4, 5, 5), misalign_k=0.02, dicom=False, jobs=1, progress=False)
+    trainer = Trainer(tiny_recipe(4), tmp_path / "run", progress=False, data=ds)
+    assert [c.name for c in trainer.train_data.cases] == ["P00700"]
+    assert [c.name for c in trainer.val_data.cases] == ["P00701", "P00702"]
+    # the target is the aligned truth, not the misaligned scan
+    truth = vcesdk.read_volume(ds / "P00701" / "pvp_aligned.nii.gz").hu
+    np.testing.assert_array_equal(trainer.val_data.cases[0].phases["pvp"], truth)
+    history = trainer.fit()
+    val = [h for h in history if "val_mae_hu" in h][-1]
+    assert np.isfinite(val["val_mae_hu"]) and val["val_mae_hu_ncct"] > 5
+    one = tmp_path / "one"
+    generate(one, 1, ["ncct", "pvp"], seed=800, size_hwd=(64, 64, 8), spacing_mm=(4, 5, 5),
+             dicom=False, jobs=1, progress=False)
+    with pytest.raises(ValueError, match="training needs 2 or more"):
+        Trainer(tiny_recipe(1), tmp_path / "run2", progress=False, data=one)

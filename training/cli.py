@@ -1,4 +1,4 @@
-"""``vcesdk-train RECIPE.yaml --out RUN_DIR [--max-steps N] [--bundle DIR --parity-input CT]``
+"""``vcesdk-train RECIPE.yaml --out RUN_DIR [--data DIR] [--max-steps N] [--bundle DIR --parity-input CT]``
 
 Trains a recipe on digital phantoms; with --bundle, exports the trained generator to a model
 bundle (ONNX + parity) in the same command.
@@ -14,6 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcesdk-train", description=__doc__.split("\n\n")[1])
     p.add_argument("recipe", help="recipe YAML (e.g. training/recipes/pix2pix3d_demo.yaml)")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="train on a dataset folder (vcesdk-data layout) instead of phantoms "
+                        "generated from the recipe; its last data.n_val patients validate")
     p.add_argument("--max-steps", type=int, default=None, help="override train.steps")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint "
                    "exists in --out")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bundle and Path(args.bundle).exists() and not args.overwrite:
             raise ValueError(f"bundle folder exists: {args.bundle} (pass --overwrite)")
         recipe = load_recipe(args.recipe).with_overrides(args.max_steps)
-        trainer = Trainer(recipe, args.out, resume=not args.no_resume)
+        trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data)
         history = trainer.fit()
         last_val = next((h for h in reversed(history) if "val_mae_hu" in h), None)
         print(f"trained {recipe.name} to step {trainer.step}; checkpoint "

@@ -1,6 +1,7 @@
 """Paired training data from the digital phantom: random crops of (NCCT channels, target)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -28,12 +29,17 @@ class PhantomPairs:
     def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
                  output_hu: Sequence[float], shape: Sequence[int], spacing_mm: Sequence[float],
                  noise_hu: float, target: str = "image") -> None:
+        cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm,
+                              noise_hu=noise_hu * float(
+                                  np.random.default_rng([int(s), 1]).uniform(0.5, 1.5)),
+                              phases=("ncct", phase)) for s in seeds]
+        self._setup(cases, phase, windows, output_hu, target)
+
+    def _setup(self, cases: Sequence, phase: str, windows: Sequence[Window],
+               output_hu: Sequence[float], target: str) -> None:
         if target not in ("image", "residual"):
             raise ValueError(f"target must be 'image' or 'residual', got {target!r}")
-        self.cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm,
-                                   noise_hu=noise_hu * float(
-                                       np.random.default_rng([int(s), 1]).uniform(0.5, 1.5)),
-                                   phases=("ncct", phase)) for s in seeds]
+        self.cases = list(cases)
         self.phase = phase
         self.x = [hu_to_channels(c.phases["ncct"], windows) for c in self.cases]
         self.target = target
@@ -57,3 +63,62 @@ class PhantomPairs:
             xs.append(self.x[i][sl])
             ys.append(self.y[i][sl])
         return np.stack(xs), np.stack(ys)
+
+
+@dataclasses.dataclass
+class PairCase:
+    """One patient of a dataset folder: phases name -> float32 (D, H, W) HU on one grid."""
+
+    name: str
+    phases: dict
+    spacing_mm: tuple
+
+
+class DatasetPairs(PhantomPairs):
+    """Aligned (NCCT, phase) pairs read from a dataset folder instead of generated: the layout
+    of ``vcesdk-data phantoms`` (``<phase>_aligned.nii.gz`` is used as the target when present)
+    or the user layout (pairs must be on the NCCT grid: build a store with ``vcesdk-data
+    store`` first for unregistered scans). Same items as :class:`PhantomPairs`.
+
+    Args:
+        root: dataset folder.
+        patients: patient folder names to use (e.g. a train/validation split).
+
+    Raises:
+        InputError: a patient lacks the NCCT or the phase, or the two grids differ.
+    """
+
+    def __init__(self, root, patients: Sequence[str], phase: str, windows: Sequence[Window],
+                 output_hu: Sequence[float], target: str = "image") -> None:
+        from pathlib import Path
+
+        from vcesdk.errors import InputError
+        from vcesdk.volume import read_volume
+
+        from .store import find_phase
+
+        root = Path(root)
+        cases = []
+        for name in patients:
+            pdir = root / name
+            nc = find_phase(pdir, "ncct")
+            aligned = pdir / f"{phase}_aligned.nii.gz"
+            ph = aligned if aligned.is_file() else find_phase(pdir, phase)
+            if nc is None or ph is None:
+                raise InputError(f"{pdir} lacks an ncct or {phase} scan")
+            a, b = read_volume(nc), read_volume(ph)
+            if a.shape != b.shape:
+                raise InputError(f"{name}: {phase} {b.shape} is not on the NCCT grid {a.shape};"
+                                 f" register with 'vcesdk-data store' first")
+            cases.append(PairCase(name, {"ncct": a.hu, phase: b.hu}, a.spacing_mm))
+        self._setup(cases, phase, windows, output_hu, target)
+
+
+def dataset_patients(root, phase: str) -> list[str]:
+    """Patient folders of a dataset that hold an NCCT and `phase`, sorted."""
+    from pathlib import Path
+
+    from .store import find_phase
+
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir()
+                  and find_phase(p, "ncct") is not None and find_phase(p, phase) is not None)

@@ -18,7 +18,7 @@ import torch
 
 from vcesdk.intensity import channels_to_hu, windows_from_manifest
 
-from .data import PhantomPairs
+from .data import DatasetPairs, PhantomPairs, dataset_patients
 from .methods import Method, create_method
 from .recipe import Recipe
 
@@ -60,7 +60,7 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True,
-                 progress: bool = True) -> None:
+                 progress: bool = True, data: str | os.PathLike | None = None) -> None:
         self.recipe = recipe
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -76,10 +76,21 @@ class Trainer:
                       shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"],
                       target=recipe.model_io.get("target", "image"))
         seed0 = int(d.get("seed", 0))
-        self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])), **common)
-        # validation patients use seeds never used in training
-        self.val_data = PhantomPairs(range(seed0 + 100_000, seed0 + 100_000 + int(d["n_val"])),
-                                     **common)
+        if data is not None:  # a dataset folder: the last n_val patients validate
+            names = dataset_patients(data, recipe.phase)
+            n_val = min(int(d["n_val"]), max(0, len(names) - 1))
+            if len(names) < 2:
+                raise ValueError(f"{data} holds {len(names)} patient(s) with ncct and "
+                                 f"{recipe.phase}; training needs 2 or more")
+            pair_args = dict(phase=recipe.phase, windows=self.windows,
+                             output_hu=self.output_hu, target=common["target"])
+            self.train_data = DatasetPairs(data, names[:len(names) - n_val], **pair_args)
+            self.val_data = DatasetPairs(data, names[len(names) - n_val:], **pair_args)
+        else:
+            self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])), **common)
+            # validation patients use seeds never used in training
+            self.val_data = PhantomPairs(range(seed0 + 100_000,
+                                               seed0 + 100_000 + int(d["n_val"])), **common)
         self.step = 0
         self.history: list[dict] = []
         ck = self.out / CHECKPOINT
