@@ -6,6 +6,7 @@ bundle (ONNX + parity) in the same command.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.bundle and Path(args.bundle).exists() and not args.overwrite:
             raise ValueError(f"bundle folder exists: {args.bundle} (pass --overwrite)")
         recipe = load_recipe(args.recipe).with_overrides(args.max_steps)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: DDP on gloo
+            torch.distributed.init_process_group("gloo")
         trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data)
         history = trainer.fit()
+        if trainer.world > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+            if trainer.rank != 0:
+                return 0
         last_val = next((h for h in reversed(history) if "val_mae_hu" in h), None)
         print(f"trained {recipe.name} to step {trainer.step}; checkpoint "
               f"{Path(args.out) / 'checkpoint.pt'}")

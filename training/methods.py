@@ -52,6 +52,23 @@ class Method(nn.Module, abc.ABC):
         """Named optimisers (for checkpointing)."""
         return {}
 
+    NETWORKS: tuple[str, ...] = ("generator", "discriminator")
+
+    def wrap_ddp(self) -> None:
+        """Wrap each network in DistributedDataParallel (the process group must exist); the
+        optimisers keep working on the same parameters. Gradients are averaged over ranks."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        for name in self.NETWORKS:
+            net = getattr(self, name, None)
+            if isinstance(net, nn.Module) and not isinstance(net, DistributedDataParallel):
+                setattr(self, name, DistributedDataParallel(net))
+
+    def network(self, name: str) -> nn.Module:
+        """The network `name` without a DistributedDataParallel wrapper."""
+        net = getattr(self, name)
+        return getattr(net, "module", net)
+
     def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
         """Named learning-rate schedulers (for checkpointing)."""
         return {}

@@ -96,12 +96,24 @@ class Trainer:
         ck = self.out / CHECKPOINT
         if resume and ck.is_file():
             self._restore(load_checkpoint(ck))
-        (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        # DDP under torchrun: every rank draws the same global batch (same seed) and trains on
+        # its slice; DDP averages the gradients, so the curve matches one process
+        self.world, self.rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.world = torch.distributed.get_world_size()
+            self.rank = torch.distributed.get_rank()
+        if self.world > 1:
+            if int(recipe.train["batch_size"]) % self.world:
+                raise ValueError(f"train.batch_size {recipe.train['batch_size']} is not "
+                                 f"divisible by the {self.world} processes")
+            self.method.wrap_ddp()
+        if self.rank == 0:
+            (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.method.generator.load_state_dict(ckpt["generator"])
+        self.method.network("generator").load_state_dict(ckpt["generator"])
         if "discriminator" in ckpt and hasattr(self.method, "discriminator"):
-            self.method.discriminator.load_state_dict(ckpt["discriminator"])
+            self.method.network("discriminator").load_state_dict(ckpt["discriminator"])
         for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             if name in ckpt:
                 obj.load_state_dict(ckpt[name])
@@ -112,13 +124,13 @@ class Trainer:
         """Write out_dir/checkpoint.pt atomically; returns its path."""
         ckpt: dict[str, Any] = {
             "step": self.step,
-            "generator": self.method.generator.state_dict(),
+            "generator": self.method.network("generator").state_dict(),
             "network": {"name": self.recipe.generator["name"],
                         "config": self.recipe.generator["config"]},
             "recipe": self.recipe.to_dict(),
         }
         if hasattr(self.method, "discriminator"):
-            ckpt["discriminator"] = self.method.discriminator.state_dict()
+            ckpt["discriminator"] = self.method.network("discriminator").state_dict()
         for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             ckpt[name] = obj.state_dict()
         path = self.out / CHECKPOINT
@@ -135,7 +147,7 @@ class Trainer:
         the network's size multiple)."""
         from vcesdk.stitch import sliding_window
 
-        g = self.method.generator.eval()
+        g = self.method.network("generator").eval()
         mult = g.size_multiple() if hasattr(g, "size_multiple") else (1, 1, 1)
         inf = self.recipe.inference
         mae_model, mae_ident = [], []
@@ -173,7 +185,7 @@ class Trainer:
         ckpt_every = int(t.get("ckpt_every", 0))
         crop = self.recipe.data["crop"]
         bar = None
-        if self.progress:
+        if self.progress and self.rank == 0:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, initial=self.step, desc=f"train {self.recipe.name}",
@@ -182,19 +194,30 @@ class Trainer:
         t0 = time.perf_counter()
         while self.step < steps:
             x, y = self.train_data.sample(self.rng, bs, crop)
+            if self.world > 1:
+                part = slice(self.rank * bs // self.world, (self.rank + 1) * bs // self.world)
+                x, y = x[part], y[part]
             losses = self.method.train_step(torch.from_numpy(x), torch.from_numpy(y))
+            if self.world > 1:  # the logged losses are those of the global batch
+                names = sorted(losses)
+                t = torch.tensor([losses[n] for n in names], dtype=torch.float64)
+                torch.distributed.all_reduce(t)
+                losses = {n: float(v) / self.world for n, v in zip(names, t.tolist())}
             self.step += 1
             self.method.on_step_end(self.step)
-            record = {"step": self.step, "time_s": round(time.perf_counter() - t0, 3), **losses}
-            if val_every and (self.step % val_every == 0 or self.step == steps):
-                record.update(self.validate())
-            self._log(record)
-            if ckpt_every and self.step % ckpt_every == 0:
-                self.checkpoint()
+            record = {"step": self.step, "time_s": round(time.perf_counter() - t0, 3),
+                      "processes": self.world, **losses}
+            if self.rank == 0:
+                if val_every and (self.step % val_every == 0 or self.step == steps):
+                    record.update(self.validate())
+                self._log(record)
+                if ckpt_every and self.step % ckpt_every == 0:
+                    self.checkpoint()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(l1=f"{losses.get('l1', float('nan')):.4f}")
         if bar is not None:
             bar.close()
-        self.checkpoint()
+        if self.rank == 0:
+            self.checkpoint()
         return self.history
