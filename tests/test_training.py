@@ -65,8 +65,9 @@ def test_unet3d_shapes_and_registry_errors():
     assert float(y.abs().max()) <= 1.0  # Tanh output
     d = create_discriminator("patchgan3d", dict(in_channels=4, base=4))
     assert d(torch.zeros(1, 4, 8, 32, 32)).shape[1] == 1
-    with pytest.raises(ValueError, match="unknown generator 'unet2d'; registered: .*unet3d"):
-        create_generator("unet2d")
+    with pytest.raises(ValueError, match="unknown generator 'resnet9'; registered: .*unet2d, "
+                                         "unet3d"):
+        create_generator("resnet9")
 
 
 def test_recipe_errors_name_keys(tmp_path):

@@ -132,3 +132,44 @@ class Pix2Pix3D(Method):
     def on_step_end(self, step: int) -> None:
         self.sched_g.step()
         self.sched_d.step()
+
+
+@register_method("unet_l1")
+class UNetL1(Method):
+    """U-Net baseline: the generator alone trained with L1 to the target (no adversary);
+    Adam with the recipe's lr / betas, step decay as :class:`Pix2Pix3D`."""
+
+    NETWORKS = ("generator",)
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.generator = create_generator(recipe.generator["name"], recipe.generator["config"])
+        o = recipe.optim
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o["lr"],
+                                      betas=tuple(o.get("betas", (0.9, 0.999))))
+        every = int(o.get("decay_every", 0)) or 10**9
+        self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, every,
+                                                       o.get("decay_factor", 0.1))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_g": self.opt_g}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {"sched_g": self.sched_g}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.opt_g.zero_grad(set_to_none=True)
+        loss = (self.generator(x) - y).abs().mean()
+        loss.backward()
+        self.opt_g.step()
+        return {"l1": loss.item()}
+
+    def on_step_end(self, step: int) -> None:
+        self.sched_g.step()
+
+
+@register_method("pix2pix")
+class Pix2Pix(Pix2Pix3D):
+    """pix2pix (Isola et al. 2017): the same conditional GAN + 100 x L1 as :class:`Pix2Pix3D`,
+    named for the 2D baseline whose recipe uses the planar networks (unet2d, patchgan2d)."""

@@ -64,13 +64,23 @@ def _norm3d(channels: int) -> nn.Module:
     return nn.InstanceNorm3d(channels, affine=True)
 
 
+def _kernel_padding(stride: Sequence[int], planar: bool) -> tuple[tuple, tuple]:
+    """Kernel 4 on stride-2 axes, 3 otherwise, padding 1; planar: depth kernel 1, padding 0
+    (each slice on its own: a 2D convolution)."""
+    kernel = tuple(4 if s == 2 else 3 for s in stride)
+    if planar:
+        return (1, *kernel[1:]), (0, 1, 1)
+    return kernel, (1, 1, 1)
+
+
 class EncoderBlock3d(nn.Sequential):
     """Strided conv3d (kernel 4, padding 1) + LeakyReLU(0.2) + InstanceNorm (Choi et al.)."""
 
-    def __init__(self, cin: int, cout: int, stride: Sequence[int], norm: bool = True) -> None:
-        kernel = tuple(4 if s == 2 else 3 for s in stride)
+    def __init__(self, cin: int, cout: int, stride: Sequence[int], norm: bool = True,
+                 planar: bool = False) -> None:
+        kernel, padding = _kernel_padding(stride, planar)
         layers: list[nn.Module] = [
-            nn.Conv3d(cin, cout, kernel, stride=tuple(stride), padding=1),
+            nn.Conv3d(cin, cout, kernel, stride=tuple(stride), padding=padding),
             nn.LeakyReLU(0.2, inplace=True)]
         if norm:
             layers.append(_norm3d(cout))
@@ -80,10 +90,11 @@ class EncoderBlock3d(nn.Sequential):
 class DecoderBlock3d(nn.Module):
     """Nearest upsample + conv3d (resize-convolution) + ReLU + InstanceNorm, then skip concat."""
 
-    def __init__(self, cin: int, cout: int, scale: Sequence[int]) -> None:
+    def __init__(self, cin: int, cout: int, scale: Sequence[int], planar: bool = False) -> None:
         super().__init__()
         self.scale = tuple(float(s) for s in scale)
-        self.conv = nn.Conv3d(cin, cout, 3, padding=1)
+        kernel, padding = _kernel_padding((1, 1, 1), planar)
+        self.conv = nn.Conv3d(cin, cout, kernel, padding=padding)
         self.act = nn.ReLU(inplace=True)
         self.norm = _norm3d(cout)
 
@@ -104,6 +115,8 @@ class UNet3D(nn.Module):
         strides: per-level (z, y, x) downsampling strides (2 or 1); their product per axis is
             the size divisor (see :meth:`size_multiple`). The paper uses 2 on every axis.
         max_channels: channel cap.
+        planar: every kernel 1 deep (z strides must be 1): a 2D U-Net applied slice by slice
+            (registered as "unet2d" for the pix2pix 2D baseline).
 
     Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
     of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
@@ -111,27 +124,30 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,
-                 max_channels: int = 512) -> None:
+                 max_channels: int = 512, planar: bool = False) -> None:
         super().__init__()
         strides = [tuple(int(v) for v in s) for s in strides]
         if not strides or any(len(s) != 3 or any(v not in (1, 2) for v in s) for s in strides):
             raise ValueError(f"strides must be a list of (z, y, x) triples of 1 or 2, got "
                              f"{strides}")
+        if planar and any(s[0] != 1 for s in strides):
+            raise ValueError(f"a planar (2D) network needs z strides of 1, got {strides}")
         chans = [min(base * 2 ** i, max_channels) for i in range(len(strides))]
         self.strides = strides
         self.encoders = nn.ModuleList()
         cin = in_channels
         for i, (c, s) in enumerate(zip(chans, strides)):
-            self.encoders.append(EncoderBlock3d(cin, c, s, norm=i > 0))
+            self.encoders.append(EncoderBlock3d(cin, c, s, norm=i > 0, planar=planar))
             cin = c
         self.decoders = nn.ModuleList()
         # decoder i upsamples the output of level n-i and concatenates encoder level n-i-1
         for i in range(len(strides) - 1, 0, -1):
             cout = chans[i - 1]
-            self.decoders.append(DecoderBlock3d(cin, cout, strides[i]))
+            self.decoders.append(DecoderBlock3d(cin, cout, strides[i], planar=planar))
             cin = cout + chans[i - 1]
         self.final_scale = tuple(float(v) for v in strides[0])
-        self.final = nn.Conv3d(cin, out_channels, 3, padding=1)
+        kernel, padding = _kernel_padding((1, 1, 1), planar)
+        self.final = nn.Conv3d(cin, out_channels, kernel, padding=padding)
 
     def size_multiple(self) -> tuple[int, int, int]:
         """(d, h, w) divisor every input size must be a multiple of."""
@@ -166,20 +182,46 @@ class PatchGAN3D(nn.Module):
     """
 
     def __init__(self, in_channels: int = 4, base: int = 64,
-                 strides: Sequence[Sequence[int]] = ((1, 2, 2), (2, 2, 2), (2, 2, 2))) -> None:
+                 strides: Sequence[Sequence[int]] = ((1, 2, 2), (2, 2, 2), (2, 2, 2)),
+                 planar: bool = False) -> None:
         super().__init__()
+        if planar and any(int(s[0]) != 1 for s in strides):
+            raise ValueError(f"a planar (2D) discriminator needs z strides of 1, got {strides}")
         layers: list[nn.Module] = []
         cin = in_channels
         for i, s in enumerate(strides):
             c = min(base * 2 ** i, 512)
-            layers.append(EncoderBlock3d(cin, c, s, norm=i > 0))
+            layers.append(EncoderBlock3d(cin, c, s, norm=i > 0, planar=planar))
             cin = c
-        layers.append(EncoderBlock3d(cin, min(cin * 2, 512), (1, 1, 1)))
-        layers.append(nn.Conv3d(min(cin * 2, 512), 1, 3, padding=1))
+        layers.append(EncoderBlock3d(cin, min(cin * 2, 512), (1, 1, 1), planar=planar))
+        kernel, padding = _kernel_padding((1, 1, 1), planar)
+        layers.append(nn.Conv3d(min(cin * 2, 512), 1, kernel, padding=padding))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+@register_generator("unet2d")
+class UNet2D(UNet3D):
+    """pix2pix 2D generator (Isola et al. 2017 as used by the seeds' 2D baselines): the U-Net
+    above with 1-deep kernels, so each slice is translated on its own; (B, C, d, h, w) in and
+    out, d usually 1. Strides are (y, x) pairs."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
+                 strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512
+                 ) -> None:
+        super().__init__(in_channels, out_channels, base, [(1, *s) for s in strides],
+                         max_channels, planar=True)
+
+
+@register_discriminator("patchgan2d")
+class PatchGAN2D(PatchGAN3D):
+    """pix2pix 70 x 70 PatchGAN (Isola et al. 2017), slice by slice (1-deep kernels)."""
+
+    def __init__(self, in_channels: int = 4, base: int = 64,
+                 strides: Sequence[Sequence[int]] = ((2, 2), (2, 2), (2, 2))) -> None:
+        super().__init__(in_channels, base, [(1, *s) for s in strides], planar=True)
 
 
 @dataclasses.dataclass(frozen=True)
