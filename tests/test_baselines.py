@@ -1,4 +1,4 @@
-"""Baselines (#4): U-Net with L1 only and pix2pix 2D train from their small recipes on 2 CPU
+"""Baselines (#4): U-Net with L1 only, pix2pix 2D and 2.5D train from their small recipes on 2 CPU
 cores: the loss falls and the output moves toward the target."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _short(name: str, steps: int):
         optim={**r.optim, "lr": 2e-3, "decay_every": 0})
 
 
-@pytest.mark.parametrize("name", ["unet_l1_small", "pix2pix2d_small"])
+@pytest.mark.parametrize("name", ["unet_l1_small", "pix2pix2d_small", "pix2pix25d_small"])
 def test_small_baseline_trains(name, tmp_path):
     torch.set_num_threads(2)
     trainer = Trainer(_short(name, 60), tmp_path / name, progress=False)
@@ -51,3 +51,19 @@ def test_planar_networks_are_slice_by_slice():
     small = dataclasses.replace(r, generator={"name": "unet3d",
                                               "config": dict(base=4, strides=[[2, 2, 2]])})
     assert r.discriminator == {} and not hasattr(create_method(small), "discriminator")
+
+
+def test_2p5d_generator_sees_three_slices():
+    g = create_generator("unet25d", dict(in_channels=3, out_channels=1, base=4,
+                                         strides=[[2, 2], [2, 2]])).eval()
+    x = torch.randn(2, 3, 5, 16, 16)
+    moved = x.clone()
+    moved[:, :, 0] += 5.0
+    moved[:, :, 4] += 5.0
+    with torch.no_grad():
+        a, b = g(x), g(moved)
+    assert a.shape == (2, 1, 5, 16, 16)
+    # slice 2 is predicted from slices 1-3 only; slices 0 and 4 (and their neighbours) change
+    assert float((a[:, :, 2] - b[:, :, 2]).abs().max()) == 0.0
+    assert float((a[:, :, 0] - b[:, :, 0]).abs().max()) > 1e-3
+    assert float((a[:, :, 1] - b[:, :, 1]).abs().max()) > 1e-3

@@ -235,3 +235,34 @@ class NetworkSpec:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@register_generator("unet25d")
+class UNet25D(nn.Module):
+    """pix2pix 2.5D generator (001_f4ce1725ceedd708.txt and 003's 2.5D baseline): each output
+    slice is predicted by a 2D U-Net from that slice and its two neighbours stacked as
+    channels (3 x in_channels); the first and last slice repeat their edge neighbour.
+
+    Shapes: (B, in_channels, d, h, w) -> (B, out_channels, d, h, w), any d >= 1.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
+                 strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512,
+                 context: int = 1) -> None:
+        super().__init__()
+        self.context = int(context)
+        self.net = UNet2D(in_channels * (2 * self.context + 1), out_channels, base, strides,
+                          max_channels)
+
+    def size_multiple(self) -> tuple[int, int, int]:
+        return self.net.size_multiple()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        k = self.context
+        padded = torch.cat([x[:, :, :1]] * k + [x] + [x[:, :, -1:]] * k, dim=2)
+        # (B, C, d, 2k+1, h, w): the neighbourhood of every slice, then slices into the batch
+        stacks = torch.stack([padded[:, :, i:i + d] for i in range(2 * k + 1)], dim=3)
+        stacks = stacks.permute(0, 2, 1, 3, 4, 5).reshape(b * d, c * (2 * k + 1), 1, h, w)
+        out = self.net(stacks)  # (B*d, out, 1, h, w)
+        return out.reshape(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
