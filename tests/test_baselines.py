@@ -67,3 +67,25 @@ def test_2p5d_generator_sees_three_slices():
     assert float((a[:, :, 2] - b[:, :, 2]).abs().max()) == 0.0
     assert float((a[:, :, 0] - b[:, :, 0]).abs().max()) > 1e-3
     assert float((a[:, :, 1] - b[:, :, 1]).abs().max()) > 1e-3
+
+
+def test_cyclegan_small_trains_unpaired(tmp_path):
+    torch.set_num_threads(2)
+    trainer = Trainer(_short("cyclegan_small", 60), tmp_path / "cg", progress=False)
+    m = trainer.method
+    assert m.backward_generator.encoders[0][0].in_channels == 1  # F: CECT (1) -> NCCT (3)
+    assert m.discriminator_x.net[0][0].in_channels == 3
+    before = trainer.validate()
+    history = trainer.fit()
+    after = trainer.validate()
+    cycle = np.array([h["cycle"] for h in history])
+    assert cycle[-10:].mean() < 0.7 * cycle[:10].mean()
+    assert after["val_mae_hu"] < before["val_mae_hu"]
+    ckpt = torch.load(tmp_path / "cg" / "checkpoint.pt", weights_only=True)
+    assert {"generator", "backward_generator", "discriminator", "discriminator_x"} <= set(ckpt)
+    resumed = Trainer(_short("cyclegan_small", 60), tmp_path / "cg", progress=False)
+    assert resumed.step == 60
+    for name in ("backward_generator", "discriminator_x"):
+        a = resumed.method.network(name).state_dict()
+        b = trainer.method.network(name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -173,3 +173,83 @@ class UNetL1(Method):
 class Pix2Pix(Pix2Pix3D):
     """pix2pix (Isola et al. 2017): the same conditional GAN + 100 x L1 as :class:`Pix2Pix3D`,
     named for the 2D baseline whose recipe uses the planar networks (unet2d, patchgan2d)."""
+
+
+@register_method("cyclegan")
+class CycleGAN(Method):
+    """CycleGAN (Zhu et al. 2017), the unpaired baseline of 000_dfb6c11774226ce2.txt and
+    001_f4ce1725ceedd708.txt: G (NCCT -> CECT) and F (CECT -> NCCT), unconditional PatchGAN
+    discriminators D_Y (on CECT) and D_X (on NCCT), least-squares GAN losses, cycle loss
+    ``loss.cycle_weight`` x (|F(G(x)) - x| + |G(F(y)) - y|) (10 in the paper), Adam 2e-4 / 0.5.
+    With ``loss.unpaired`` (default true) the targets are rolled along the batch so no image
+    meets its own pair (batch size >= 2), as training on unpaired scans.
+
+    F has G's architecture with input and output channels swapped; D_X takes the input
+    channels, D_Y the output channels (their ``in_channels`` are set here).
+    """
+
+    NETWORKS = ("generator", "backward_generator", "discriminator", "discriminator_x")
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        g_cfg = dict(recipe.generator["config"])
+        c_in, c_out = int(g_cfg.get("in_channels", 3)), int(g_cfg.get("out_channels", 1))
+        self.generator = create_generator(recipe.generator["name"], g_cfg)
+        self.backward_generator = create_generator(
+            recipe.generator["name"], {**g_cfg, "in_channels": c_out, "out_channels": c_in})
+        d_cfg = dict(recipe.discriminator["config"])
+        self.discriminator = create_discriminator(recipe.discriminator["name"],
+                                                  {**d_cfg, "in_channels": c_out})
+        self.discriminator_x = create_discriminator(recipe.discriminator["name"],
+                                                    {**d_cfg, "in_channels": c_in})
+        o = recipe.optim
+        betas = tuple(o.get("betas", (0.5, 0.999)))
+        self.opt_g = torch.optim.Adam(list(self.generator.parameters())
+                                      + list(self.backward_generator.parameters()),
+                                      lr=o["lr"], betas=betas)
+        self.opt_d = torch.optim.Adam(list(self.discriminator.parameters())
+                                      + list(self.discriminator_x.parameters()),
+                                      lr=o["lr"], betas=betas)
+        every = int(o.get("decay_every", 0)) or 10**9
+        self.sched_g, self.sched_d = (
+            torch.optim.lr_scheduler.StepLR(opt, every, o.get("decay_factor", 0.1))
+            for opt in (self.opt_g, self.opt_d))
+        self.cycle_weight = float(recipe.loss.get("cycle_weight", 10.0))
+        self.unpaired = bool(recipe.loss.get("unpaired", True))
+        self.mse = nn.MSELoss()
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {"sched_g": self.sched_g, "sched_d": self.sched_d}
+
+    def _ls(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        return self.mse(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        if self.unpaired and len(y) > 1:
+            y = y.roll(1, dims=0)
+        g, f = self.generator, self.backward_generator
+        fake_y, fake_x = g(x), f(y)
+        self.opt_g.zero_grad(set_to_none=True)
+        adv = self._ls(self.discriminator(fake_y), True) + self._ls(self.discriminator_x(fake_x),
+                                                                     True)
+        cycle = (f(fake_y) - x).abs().mean() + (g(fake_x) - y).abs().mean()
+        loss_g = adv + self.cycle_weight * cycle
+        loss_g.backward()
+        self.opt_g.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d = 0.5 * (self._ls(self.discriminator(y), True)
+                        + self._ls(self.discriminator(fake_y.detach()), False)
+                        + self._ls(self.discriminator_x(x), True)
+                        + self._ls(self.discriminator_x(fake_x.detach()), False))
+        loss_d.backward()
+        self.opt_d.step()
+        return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "cycle": cycle.item(),
+                "adv": adv.item()}
+
+    def on_step_end(self, step: int) -> None:
+        self.sched_g.step()
+        self.sched_d.step()

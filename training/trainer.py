@@ -111,9 +111,9 @@ class Trainer:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.method.network("generator").load_state_dict(ckpt["generator"])
-        if "discriminator" in ckpt and hasattr(self.method, "discriminator"):
-            self.method.network("discriminator").load_state_dict(ckpt["discriminator"])
+        for name in self.method.NETWORKS:
+            if name in ckpt and hasattr(self.method, name):
+                self.method.network(name).load_state_dict(ckpt[name])
         for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             if name in ckpt:
                 obj.load_state_dict(ckpt[name])
@@ -129,8 +129,9 @@ class Trainer:
                         "config": self.recipe.generator["config"]},
             "recipe": self.recipe.to_dict(),
         }
-        if hasattr(self.method, "discriminator"):
-            ckpt["discriminator"] = self.method.network("discriminator").state_dict()
+        for name in self.method.NETWORKS[1:]:  # discriminator(s), backward generator
+            if hasattr(self.method, name):
+                ckpt[name] = self.method.network(name).state_dict()
         for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             ckpt[name] = obj.state_dict()
         path = self.out / CHECKPOINT
