@@ -55,3 +55,18 @@ def test_dataset_without_the_phase_is_refused(held_out, tmp_path, capsys):
     assert eval_main([str(vcesdk.DEFAULT_BUNDLE), "--data", str(d), "--out",
                       str(tmp_path / "r")]) == 1
     assert "no patient" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_run_folder_is_exported_then_evaluated(held_out, tmp_path):
+    from helpers import tiny_recipe
+
+    from vcesdk.training.trainer import Trainer
+
+    Trainer(tiny_recipe(2), tmp_path / "run", progress=False).fit()
+    out = tmp_path / "report"
+    assert eval_main([str(tmp_path / "run"), "--data", str(held_out), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (name,) = report["phases"]["pvp"]["models"]
+    assert np.isfinite(report["phases"]["pvp"][name]["mae_hu"]["mean"])
+    assert eval_main([str(tmp_path), "--data", str(held_out), "--out",
+                      str(tmp_path / "r2")]) == 1  # neither a bundle nor a run folder

@@ -1,6 +1,10 @@
 """``vcesdk-eval``: rank models against the NCCT identity baseline on held-out paired data.
 
-    vcesdk-eval BUNDLE [BUNDLE ...] --data DIR --out REPORT_DIR [--window L W] [--max-cases N]
+    vcesdk-eval MODEL [MODEL ...] --data DIR --out REPORT_DIR [--window L W] [--max-cases N]
+
+MODEL is a bundle folder, a run folder holding checkpoint.pt, or a checkpoint file; a
+checkpoint is exported to a temporary ONNX bundle first (parity checked on the first held-out
+NCCT, as ``vcesdk export`` does), so every model runs through the same runtime.
 
 DIR is a dataset in the layout of ``vcesdk-data`` (``<patient>/ncct.nii.gz``,
 ``<patient>/<phase>.nii.gz`` or ``<phase>_aligned.nii.gz`` as the truth when present,
@@ -78,21 +82,53 @@ def _histogram_png(curves: dict[str, np.ndarray], path: Path, lo: float = -200.0
 def evaluate(bundles: Sequence[str | os.PathLike], data: str | os.PathLike,
              out: str | os.PathLike, window: Sequence[float] = DEFAULT_WINDOW,
              max_cases: int | None = None, overwrite: bool = False) -> Path:
-    """Evaluate model bundles against the NCCT identity baseline (see the module docstring).
+    """Evaluate models (bundles, run folders or checkpoints) against the NCCT identity
+    baseline (see the module docstring).
 
     Raises:
-        InputError: no patient holds both an NCCT and a bundle's phase.
+        InputError: no patient holds both an NCCT and a model's phase; a model that is neither
+            a bundle nor a checkpoint.
     """
-    from vcesdk.preview import preview_strip
+    import tempfile
+
     from vcesdk.runtime import Synthesizer
 
     data = Path(data)
     level, width = (float(v) for v in window)
-    syns = [Synthesizer(b, contrast_guard="off") for b in bundles]
+    patients = sorted(p for p in data.iterdir() if p.is_dir() and find_phase(p, "ncct"))
+    if not patients:
+        raise InputError(f"no <patient>/ncct scan under {data}")
+    with tempfile.TemporaryDirectory(prefix="vcesdk-eval-") as scratch:
+        syns = [Synthesizer(_as_bundle(m, Path(scratch), patients[0]), contrast_guard="off")
+                for m in bundles]
+        return _evaluate(syns, data, patients, out, level, width, max_cases, overwrite)
+
+
+def _as_bundle(model: str | os.PathLike, scratch: Path, parity_patient: Path) -> Path:
+    """A bundle folder for `model`: itself, or a checkpoint exported into `scratch`."""
+    p = Path(model)
+    if (p / "manifest.json").is_file():
+        return p
+    ckpt_file = p / "checkpoint.pt" if p.is_dir() else p
+    if not ckpt_file.is_file():
+        raise InputError(f"{model} is neither a bundle (manifest.json) nor a run folder / "
+                         f"checkpoint (checkpoint.pt)")
+    from vcesdk.export import export_bundle
+
+    from .trainer import load_checkpoint
+
+    out = scratch / f"bundle{len(list(scratch.iterdir()))}"
+    return export_bundle(load_checkpoint(ckpt_file), out,
+                         read_volume(find_phase(parity_patient, "ncct")))
+
+
+def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLike,
+              level: float, width: float, max_cases: int | None, overwrite: bool) -> Path:
+    from vcesdk.preview import preview_strip
+
     names = [s.bundle.name for s in syns]
     if len(set(names)) != len(names):
         raise InputError(f"two bundles share a name ({', '.join(names)})")
-    patients = sorted(p for p in data.iterdir() if p.is_dir() and find_phase(p, "ncct"))
     if max_cases:
         patients = patients[:max_cases]
     report: dict = {"data": str(data), "window": {"level": level, "width": width},
@@ -191,7 +227,8 @@ def evaluate(bundles: Sequence[str | os.PathLike], data: str | os.PathLike,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vcesdk-eval", description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="+", metavar="BUNDLE", help="model bundle folder(s)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="bundle folder(s), run folder(s) or checkpoint file(s)")
     p.add_argument("--data", required=True, help="held-out dataset folder")
     p.add_argument("--out", required=True, help="report folder to create")
     p.add_argument("--window", type=float, nargs=2, default=DEFAULT_WINDOW,
@@ -202,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = evaluate(args.models, args.data, args.out, args.window, args.max_cases,
                        args.overwrite)
-    except VcesdkError as exc:
+    except (VcesdkError, FileNotFoundError) as exc:
         print(f"vcesdk-eval: error: {exc}", file=sys.stderr)
         return 1
     print((out / "report.md").read_text(encoding="utf-8"))
