@@ -59,7 +59,6 @@ def test_dataset_without_the_phase_is_refused(held_out, tmp_path, capsys):
 
 def test_run_folder_is_exported_then_evaluated(held_out, tmp_path):
     from helpers import tiny_recipe
-
     from vcesdk.training.trainer import Trainer
 
     Trainer(tiny_recipe(2), tmp_path / "run", progress=False).fit()

@@ -35,6 +35,16 @@ def create_method(recipe: Recipe) -> "Method":
     return _METHODS[recipe.method](recipe)
 
 
+def adam_with_decay(params, optim: dict, default_betas: tuple[float, float] = (0.5, 0.999)
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam with the recipe's lr / betas and its step decay (x ``decay_factor`` every
+    ``decay_every`` steps; never when 0), as every method here uses."""
+    opt = torch.optim.Adam(params, lr=optim["lr"],
+                           betas=tuple(optim.get("betas", default_betas)))
+    every = int(optim.get("decay_every", 0)) or 10**9
+    return opt, torch.optim.lr_scheduler.StepLR(opt, every, optim.get("decay_factor", 0.1))
+
+
 class Method(nn.Module, abc.ABC):
     """Base class: owns the networks and optimisers; ``train_step`` does one update."""
 
@@ -89,14 +99,9 @@ class Pix2Pix3D(Method):
         self.generator = create_generator(recipe.generator["name"], recipe.generator["config"])
         self.discriminator = create_discriminator(recipe.discriminator["name"],
                                                   recipe.discriminator["config"])
-        o = recipe.optim
-        betas = tuple(o.get("betas", (0.5, 0.999)))
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o["lr"], betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o["lr"], betas=betas)
-        every = int(o.get("decay_every", 0)) or 10**9
-        self.sched_g, self.sched_d = (
-            torch.optim.lr_scheduler.StepLR(opt, every, o.get("decay_factor", 0.1))
-            for opt in (self.opt_g, self.opt_d))
+        self.opt_g, self.sched_g = adam_with_decay(self.generator.parameters(), recipe.optim)
+        self.opt_d, self.sched_d = adam_with_decay(self.discriminator.parameters(),
+                                                   recipe.optim)
         self.l1_weight = float(recipe.loss.get("l1_weight", 100.0))
         self.gan_weight = float(recipe.loss.get("gan_weight", 1.0))
         self.real_label = float(recipe.loss.get("real_label", 0.9))
@@ -145,12 +150,8 @@ class UNetL1(Method):
         super().__init__()
         self.recipe = recipe
         self.generator = create_generator(recipe.generator["name"], recipe.generator["config"])
-        o = recipe.optim
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o["lr"],
-                                      betas=tuple(o.get("betas", (0.9, 0.999))))
-        every = int(o.get("decay_every", 0)) or 10**9
-        self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, every,
-                                                       o.get("decay_factor", 0.1))
+        self.opt_g, self.sched_g = adam_with_decay(self.generator.parameters(), recipe.optim,
+                                                   default_betas=(0.9, 0.999))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g}
@@ -203,18 +204,10 @@ class CycleGAN(Method):
                                                   {**d_cfg, "in_channels": c_out})
         self.discriminator_x = create_discriminator(recipe.discriminator["name"],
                                                     {**d_cfg, "in_channels": c_in})
-        o = recipe.optim
-        betas = tuple(o.get("betas", (0.5, 0.999)))
-        self.opt_g = torch.optim.Adam(list(self.generator.parameters())
-                                      + list(self.backward_generator.parameters()),
-                                      lr=o["lr"], betas=betas)
-        self.opt_d = torch.optim.Adam(list(self.discriminator.parameters())
-                                      + list(self.discriminator_x.parameters()),
-                                      lr=o["lr"], betas=betas)
-        every = int(o.get("decay_every", 0)) or 10**9
-        self.sched_g, self.sched_d = (
-            torch.optim.lr_scheduler.StepLR(opt, every, o.get("decay_factor", 0.1))
-            for opt in (self.opt_g, self.opt_d))
+        self.opt_g, self.sched_g = adam_with_decay(
+            [*self.generator.parameters(), *self.backward_generator.parameters()], recipe.optim)
+        self.opt_d, self.sched_d = adam_with_decay(
+            [*self.discriminator.parameters(), *self.discriminator_x.parameters()], recipe.optim)
         self.cycle_weight = float(recipe.loss.get("cycle_weight", 10.0))
         self.unpaired = bool(recipe.loss.get("unpaired", True))
         self.mse = nn.MSELoss()

@@ -43,7 +43,7 @@ class Registration:
         return np.moveaxis(sitk.GetArrayFromImage(field), -1, 0)
 
 
-def _method(iterations: int, sampling: float, seed: int):
+def _method(sampling: float, seed: int):
     import SimpleITK as sitk
 
     r = sitk.ImageRegistrationMethod()
@@ -77,14 +77,13 @@ def register(fixed: CTVolume, moving: CTVolume, bspline: bool = False,
     """
     import SimpleITK as sitk
 
-    f = fixed.to_sitk()
-    m = moving.to_sitk()
+    fixed_img, moving_img = fixed.to_sitk(), moving.to_sitk()
     # intensities clipped to the soft-tissue/bone range: air and padding carry no information
-    f = sitk.Clamp(f, sitk.sitkFloat32, -1000.0, 1500.0)
-    m = sitk.Clamp(m, sitk.sitkFloat32, -1000.0, 1500.0)
+    f = sitk.Clamp(fixed_img, sitk.sitkFloat32, -1000.0, 1500.0)
+    m = sitk.Clamp(moving_img, sitk.sitkFloat32, -1000.0, 1500.0)
     init = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(3),
                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    r = _method(iterations, sampling, seed)
+    r = _method(sampling, seed)
     r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
                                                numberOfIterations=iterations,
                                                relaxationFactor=0.6,
@@ -99,13 +98,13 @@ def register(fixed: CTVolume, moving: CTVolume, bspline: bool = False,
     if bspline:
         size = [max(1, int(round(n * s / mesh_mm))) for n, s in zip(f.GetSize(), f.GetSpacing())]
         bs = sitk.BSplineTransformInitializer(f, size)
-        rb = _method(iterations, sampling, seed)
+        rb = _method(sampling, seed)
         rb.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations)
         rb.SetMovingInitialTransform(affine)
         rb.SetInitialTransform(bs, inPlace=True)
         rb.Execute(f, m)
         metric = rb.GetMetricValue()
         transform = sitk.CompositeTransform([affine, bs])
-    out = sitk.Resample(moving.to_sitk(), fixed.to_sitk(), transform, sitk.sitkLinear, -1024.0,
+    out = sitk.Resample(moving_img, fixed_img, transform, sitk.sitkLinear, -1024.0,
                         sitk.sitkFloat32)
     return Registration(transform=transform, aligned=CTVolume.from_sitk(out), metric=float(metric))

@@ -65,7 +65,8 @@ def residual_shift_mm(fixed: CTVolume, aligned: CTVolume, blocks: Sequence[int] 
     shifts = []
     D, H, W = fixed.shape
     edges = [np.linspace(0, n, b + 1).astype(int) for n, b in zip((D, H, W), blocks)]
-    f_img, m_img = fixed.to_sitk(), aligned.to_sitk()
+    f_img = fixed.to_sitk()
+    mb = sitk.Clamp(aligned.to_sitk(), sitk.sitkFloat32, -1000.0, 1500.0)
     for z0, z1 in zip(edges[0][:-1], edges[0][1:]):
         for y0, y1 in zip(edges[1][:-1], edges[1][1:]):
             for x0, x1 in zip(edges[2][:-1], edges[2][1:]):
@@ -83,7 +84,6 @@ def residual_shift_mm(fixed: CTVolume, aligned: CTVolume, blocks: Sequence[int] 
                 r.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-3, 100, relaxationFactor=0.6)
                 r.SetOptimizerScalesFromPhysicalShift()
                 r.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
-                mb = sitk.Clamp(m_img, sitk.sitkFloat32, -1000.0, 1500.0)
                 tx = r.Execute(fb, mb)
                 shifts.append(np.asarray(tx.GetNthTransform(0).GetParameters()
                                          if hasattr(tx, "GetNthTransform") else tx.GetParameters()))

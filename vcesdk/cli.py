@@ -72,9 +72,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     syns = []
     for model in args.model or [str(DEFAULT_BUNDLE)]:
         bundle = load_bundle(model)
+        # one input, one contrast check: the first model's synthesis runs it for all phases
         syns.append(Synthesizer(bundle, providers=args.providers,
                                 provider_options=_provider_options(args, bundle),
-                                contrast_guard=args.contrast_guard, oblique=args.oblique))
+                                contrast_guard=args.contrast_guard if not syns else "off",
+                                oblique=args.oblique))
     phases = [s.bundle.phase for s in syns]
     if len(set(phases)) != len(phases):
         raise InputError(f"two --model bundles synthesize the same phase ({', '.join(phases)});"

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .contrast import check_contrast
 from .errors import (
     InputError,
     InvalidVoxelValuesError,
@@ -208,15 +209,24 @@ class ModelInput:
         return np.stack([self.channels[:, z:z + d, y:y + h, x:x + w] for z, y, x in grid])
 
 
+def _check_finite(vol: CTVolume) -> None:
+    if not np.all(np.isfinite(vol.hu)):
+        raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or mask "
+                                      "them before synthesis")
+
+
 def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
     """Resample, window and pad a volume as the bundle's manifest declares.
 
     Raises:
         InputError: the volume holds NaN or infinite values.
     """
-    if not np.all(np.isfinite(vol.hu)):
-        raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or mask "
-                                      "them before synthesis")
+    _check_finite(vol)
+    return _prepare_finite(bundle, vol)
+
+
+def _prepare_finite(bundle: Bundle, vol: CTVolume) -> ModelInput:
+    """:func:`prepare_model_input` for a volume already known to be finite."""
     if float(vol.hu.min()) < AIR_HU:
         # padding outside the scanned field of view (-2048, -3024, PixelPaddingValue) is air
         # to the model; the input itself is not modified
@@ -378,8 +388,6 @@ class Synthesizer:
             ContrastEnhancedInputError: the input looks enhanced and
                 ``contrast_guard="refuse"``.
         """
-        from .contrast import check_contrast
-
         t0 = time.perf_counter()
         angle = obliquity_deg(vol)
         if angle > MAX_OBLIQUE_DEG and self.oblique == "refuse":
@@ -387,9 +395,7 @@ class Synthesizer:
                 f"volume axes are {angle:.1f} degrees oblique to the patient axes (an oblique "
                 f"acquisition or reformat); pass --oblique resample (oblique='resample') to "
                 f"run on an axis-aligned grid")
-        if not np.all(np.isfinite(vol.hu)):
-            raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or "
-                                          "mask them before synthesis")
+        _check_finite(vol)  # once per call; resampling (oblique path) keeps values finite
         self.last_contrast = check_contrast(vol, self.contrast_guard)
         if angle > MAX_OBLIQUE_DEG:
             aligned = resample_volume(vol, (), reference=axis_aligned_grid(vol),
@@ -409,7 +415,7 @@ class Synthesizer:
                 f"synthesizing a {'x'.join(map(str, vol.shape))} volume needs about "
                 f"{need:.0f} MB, over the {self.memory_budget_mb:.0f} MB budget; raise "
                 f"memory_budget_mb (VCESDK_MEMORY_BUDGET_MB) or split the volume")
-        prep = prepare_model_input(b, vol)
+        prep = _prepare_finite(b, vol)
         t_prep = time.perf_counter()
         work, window, stride = prep.work, prep.window, prep.stride
         shape = work.shape
