@@ -1,4 +1,4 @@
-"""Baselines (#4): U-Net with L1 only, pix2pix 2D and 2.5D train from their small recipes on 2 CPU
+"""Baselines (#4): U-Net with L1 only, pix2pix 2D, 2.5D and 3D train from their small recipes on 2 CPU
 cores: the loss falls and the output moves toward the target."""
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def _short(name: str, steps: int):
         optim={**r.optim, "lr": 2e-3, "decay_every": 0})
 
 
-@pytest.mark.parametrize("name", ["unet_l1_small", "pix2pix2d_small", "pix2pix25d_small"])
+@pytest.mark.parametrize("name", ["unet_l1_small", "pix2pix2d_small", "pix2pix25d_small",
+                                  "pix2pix3d_small"])
 def test_small_baseline_trains(name, tmp_path):
     torch.set_num_threads(2)
     trainer = Trainer(_short(name, 60), tmp_path / name, progress=False)

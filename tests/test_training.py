@@ -75,6 +75,27 @@ def test_recipe_errors_name_keys(tmp_path):
         Recipe.from_dict({k: v for k, v in tiny_recipe(1).to_dict().items() if k != "data"})
 
 
+def test_command_line_overrides_are_stored_in_the_checkpoint(tmp_path, capsys):
+    from vcesdk.training.cli import main
+    from vcesdk.training.recipe import builtin_recipe, load_recipe
+
+    torch.set_num_threads(2)
+    run = tmp_path / "run"
+    assert main([str(builtin_recipe("unet_l1_small")), "--out", str(run), "--max-steps", "2",
+                 "--phase", "ap", "--set", "optim.decay_every=1500", "--set",
+                 "data.n_train=2", "--set", "data.n_val=1", "--set", "train.val_every=0"]) == 0
+    stored = load_checkpoint(run)["recipe"]
+    assert stored["phase"] == "ap" and stored["name"] == "unet-l1-small-ap"
+    assert stored["optim"]["decay_every"] == 1500 and stored["train"]["steps"] == 2
+    assert stored["data"]["n_train"] == 2
+    # a key the recipe does not have is refused before any training, naming the valid keys
+    assert main([str(builtin_recipe("unet_l1_small")), "--out", str(tmp_path / "bad"),
+                 "--set", "optim.learning_rate=1"]) == 1
+    assert "keys of 'optim'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="phase must be one of"):
+        load_recipe(builtin_recipe("unet_l1_small")).with_overrides(phase="venous")
+
+
 @pytest.mark.slow
 def test_training_loss_falls_and_output_moves_to_target(tmp_path):
     torch.set_num_threads(2)

@@ -1,4 +1,5 @@
-"""``vcesdk-train RECIPE.yaml --out RUN_DIR [--data DIR] [--max-steps N] [--bundle DIR --parity-input CT]``
+"""``vcesdk-train RECIPE.yaml --out RUN_DIR [--data DIR] [--max-steps N] [--phase P]
+[--set KEY=VALUE ...] [--bundle DIR --parity-input CT]``
 
 Trains a recipe on digital phantoms; with --bundle, exports the trained generator to a model
 bundle (ONNX + parity) in the same command.
@@ -19,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="train on a dataset folder (vcesdk-data layout) instead of phantoms "
                         "generated from the recipe; its last data.n_val patients validate")
     p.add_argument("--max-steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--phase", default=None, choices=("ap", "pvp", "dp"),
+                   help="override the recipe's target phase (the name's phase suffix follows)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set optim.decay_every=1500 "
+                        "(repeatable; stored in the checkpoint's resolved recipe)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint "
                    "exists in --out")
     p.add_argument("--bundle", default=None, help="after training, export a bundle here")
@@ -52,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                              "export on)")
         if args.bundle and Path(args.bundle).exists() and not args.overwrite:
             raise ValueError(f"bundle folder exists: {args.bundle} (pass --overwrite)")
-        recipe = load_recipe(args.recipe).with_overrides(args.max_steps)
+        recipe = load_recipe(args.recipe).with_overrides(args.max_steps, args.phase,
+                                                          args.sets)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: DDP on gloo
             torch.distributed.init_process_group("gloo")
         trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+PHASES = ("ap", "pvp", "dp")  # contrast phases a recipe can target (arterial, portal venous,
+# delayed), as in the phantom (training/phantom.py) and the bundle manifest
 _SECTIONS = ("generator", "discriminator", "data", "model_io", "optim", "loss", "train",
              "inference")
 
@@ -66,11 +68,51 @@ class Recipe:
                 raise ValueError(f"recipe section {s!r} must be a mapping")
         return cls(**d)
 
-    def with_overrides(self, steps: int | None = None) -> "Recipe":
-        """A copy with train.steps replaced (for --max-steps)."""
-        if steps is None:
-            return self
-        return dataclasses.replace(self, train={**self.train, "steps": int(steps)})
+    def with_overrides(self, steps: int | None = None, phase: str | None = None,
+                       sets: Sequence[str] = ()) -> "Recipe":
+        """A copy with command-line overrides applied (the copy is what checkpoints store).
+
+        Args:
+            steps: replaces train.steps (--max-steps).
+            phase: replaces phase ("ap" | "pvp" | "dp"); a name ending in "-<old phase>" gets
+                the new phase as its suffix, so bundles stay distinguishable.
+            sets: "KEY=VALUE" items (--set), KEY a top-level field ("name") or
+                "section.key" ("optim.decay_every"); VALUE is read as YAML (numbers, lists).
+
+        Raises:
+            ValueError: unknown phase, malformed item, or a key the recipe does not have.
+        """
+        import yaml
+
+        d = self.to_dict()
+        if steps is not None:
+            d["train"]["steps"] = int(steps)
+        if phase is not None:
+            if phase not in PHASES:
+                raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+            if d["name"].endswith(f"-{d['phase']}") and phase != d["phase"]:
+                d["name"] = d["name"][: -len(d["phase"])] + phase
+            d["phase"] = phase
+        for item in sets:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+            value = yaml.safe_load(raw)
+            section, dot, sub = key.partition(".")
+            if not dot:
+                if section not in d or section in _SECTIONS:
+                    raise ValueError(f"--set {key}: not a top-level recipe field "
+                                     f"({sorted(set(d) - set(_SECTIONS))})")
+                d[section] = value
+            elif section not in _SECTIONS or sub not in d[section]:
+                raise ValueError(f"--set {key}: the recipe has no such key (sections "
+                                 f"{list(_SECTIONS)}; keys of {section!r}: "
+                                 f"{sorted(d.get(section, {}))})")
+            else:
+                d[section][sub] = value
+        if d["phase"] not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {d['phase']!r}")
+        return Recipe.from_dict(d)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
