@@ -4,7 +4,8 @@
 # training (9000+). Not part of the test suite (about an hour on 2 CPU cores).
 #
 #   benchmarks/heldout_baselines.sh [WORK_DIR]      (default runs/heldout_baselines)
-#   STEPS=2000 DECAY=1500 PHASES="ap pvp dp" RECIPES="unet_l1_small ..." to change the protocol
+#   STEPS=2000 DECAY=1500 PHASES="ap pvp dp" RECIPES="unet_l1_small ..." to change the protocol,
+#   THREADS=N for torch CPU threads (default: torch's)
 #
 # Writes WORK_DIR/{train,heldout} (phantom datasets), WORK_DIR/runs/<recipe>_<phase> (run
 # folders) and WORK_DIR/report (vcesdk-eval: report.md, report.json, PNGs).
@@ -27,7 +28,7 @@ for phase in $phases; do
     echo "== $recipe $phase -> $run"
     vcesdk-train "$here/training/recipes/$recipe.yaml" --data "$work/train" --out "$run" \
         --phase "$phase" --max-steps "$steps" --set optim.decay_every="$decay" \
-        --set train.val_every=500 --set train.ckpt_every=500
+        --set train.val_every=500 --set train.ckpt_every=500 --threads "${THREADS:-0}"
     models+=("$run")
   done
 done

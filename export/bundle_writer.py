@@ -71,7 +71,8 @@ def _manifest(recipe: dict, network: dict, multiple_of: tuple[int, int, int], de
                    "value_range": [-1.0, 1.0],
                    "hu_range": [float(v) for v in recipe["model_io"]["hu_range"]],
                    "compose": inf.get("compose", "replace"),
-                   "difference_floor_hu": inf.get("difference_floor_hu")},
+                   "difference_floor_hu": inf.get("difference_floor_hu"),
+                   "auxiliary": [dict(a) for a in inf.get("auxiliary_outputs") or []]},
         "inference": {"stride": list(inf["stride"]), "blend": inf["blend"],
                       "batch_size": int(inf.get("batch_size", 1))},
         "network": network,
@@ -253,12 +254,19 @@ def _add_engine(files: dict, name: str, fmt: str, precision: str,
                                               "cuda")}}
 
 
+def _widest_hu_range(bundle) -> tuple[float, float]:
+    """The output HU range with the most HU per model unit among the image and the auxiliary
+    outputs: parity in HU is then never understated for any channel."""
+    ranges = [bundle.output_hu, *(a.hu_range for a in bundle.auxiliary)]
+    return max(ranges, key=lambda r: r[1] - r[0])
+
+
 def _checked_parity(reference, candidate, windows: np.ndarray, bundle, tol: float,
                     provider: str, what: str, versus: str, reference_name: str) -> dict:
     """Parity of `candidate` against `reference` on real-CT windows, as the manifest records
     it; raises BundleError("<what> parity failed: max |<versus>| = ...") out of tolerance."""
     parity = measure_parity(reference, candidate, [w[None] for w in windows],
-                            bundle.output_hu, tol, provider)
+                            _widest_hu_range(bundle), tol, provider)
     if not parity["passed"]:
         raise BundleError(f"{what} parity failed: max |{versus}| = "
                           f"{parity['max_abs_hu']:.3f} HU > {tol} HU tolerance")

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .networks import create_discriminator, create_generator
+from .networks import create_discriminator, create_generator, load_seed_modules
 from .recipe import Recipe
 
 _METHODS: dict[str, Callable[..., "Method"]] = {}
@@ -29,6 +29,7 @@ def create_method(recipe: Recipe) -> "Method":
     Raises:
         ValueError: unknown method (the message lists the registered ones).
     """
+    load_seed_modules()
     if recipe.method not in _METHODS:
         raise ValueError(f"unknown method {recipe.method!r}; registered: "
                          f"{', '.join(sorted(_METHODS))}")

@@ -36,7 +36,21 @@ register_generator = _registrar(_GENERATORS, "generator")
 register_discriminator = _registrar(_DISCRIMINATORS, "discriminator")
 
 
+# modules that register the seed papers' networks and methods (imported on first lookup, so
+# importing this module stays cheap and free of cycles)
+SEED_MODULES: tuple[str, ...] = ("mangan",)
+
+
+def load_seed_modules() -> None:
+    """Import the modules that register the seed methods' networks and methods."""
+    import importlib
+
+    for name in SEED_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+
+
 def _create(table: dict, kind: str, name: str, cfg: dict[str, Any]) -> nn.Module:
+    load_seed_modules()
     if name not in table:
         raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
     return table[name](**cfg)

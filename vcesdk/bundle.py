@@ -100,6 +100,7 @@ class Bundle:
     pad_hu: float
     difference_floor_hu: float | None = None
     orientation: str = "LPS"
+    auxiliary: tuple["AuxiliaryOutput", ...] = ()
 
     @property
     def name(self) -> str:
@@ -125,6 +126,55 @@ class Bundle:
             if meta.get("role") == role and (fmt is None or meta.get("format") == fmt):
                 return self.path / name
         raise BundleError(f"bundle {self.path} has no {fmt or ''} {role} file".replace("  ", " "))
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxiliaryOutput:
+    """An extra output channel a bundle declares besides the image (``output.auxiliary``),
+    e.g. MAN-GAN's predicted subtraction map (000).
+
+    Attributes:
+        name: short name ("subtraction"); the runtime writes it as ``<name>_<phase>``.
+        channel: output channel index.
+        hu_range: (lo, hi) HU that model values [-1, 1] map to.
+        description: what it is, for series descriptions and reports.
+    """
+
+    name: str
+    channel: int
+    hu_range: tuple[float, float]
+    description: str = ""
+
+
+def auxiliary_from_manifest(out: dict) -> tuple[AuxiliaryOutput, ...]:
+    """The :class:`AuxiliaryOutput` list of a manifest's ``output`` section (may be absent).
+
+    Raises:
+        BundleError: malformed entry, channel out of range or reused, or a duplicate name.
+    """
+    items = out.get("auxiliary") or []
+    _require(isinstance(items, list), "manifest: output.auxiliary must be a list")
+    result: list[AuxiliaryOutput] = []
+    used = {out.get("channel")}
+    for i, a in enumerate(items):
+        where = f"output.auxiliary[{i}]"
+        _require(isinstance(a, dict), f"manifest: {where} must be an object")
+        name, ch, hr = a.get("name"), a.get("channel"), a.get("hu_range")
+        _require(isinstance(name, str) and name.isidentifier(),
+                 f"manifest: {where}.name must be a plain name, got {name!r}")
+        _require(isinstance(ch, int) and 0 <= ch < int(out.get("channels", 1))
+                 and ch not in used,
+                 f"manifest: {where}.channel {ch!r} must be an unused index below "
+                 f"output.channels")
+        _require(isinstance(hr, list) and len(hr) == 2 and all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in hr) and hr[0] < hr[1],
+            f"manifest: {where}.hu_range must be [low, high], got {hr!r}")
+        used.add(ch)
+        result.append(AuxiliaryOutput(name, ch, (float(hr[0]), float(hr[1])),
+                                      str(a.get("description", ""))))
+    _require(len({a.name for a in result}) == len(result),
+             "manifest: output.auxiliary names must be unique")
+    return tuple(result)
 
 
 def validate_manifest(m: Any) -> dict:
@@ -180,6 +230,7 @@ def validate_manifest(m: Any) -> dict:
     nch, ch = _get(out, "channels", "output."), _get(out, "channel", "output.")
     _require(isinstance(nch, int) and isinstance(ch, int) and 0 <= ch < nch,
              f"manifest: output.channel {ch!r} must index output.channels {nch!r}")
+    auxiliary_from_manifest(out)
     inf = _get(m, "inference", "")
     stride = _get(inf, "stride", "inference.")
     _require(isinstance(stride, list) and len(stride) == 3 and isinstance(stride[0], int)
@@ -267,4 +318,5 @@ def bundle_from_manifest(path: str | os.PathLike, m: dict) -> Bundle:
         difference_floor_hu=(None if out.get("difference_floor_hu") is None
                              else float(out["difference_floor_hu"])),
         orientation=str(inp.get("orientation", "LPS")),
+        auxiliary=auxiliary_from_manifest(out),
     )

@@ -99,7 +99,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 scect = syn.synthesize(vol, progress=progress)
-            results.append((syn, scect, syn.last_latency))
+            results.append((syn, scect, syn.last_latency, dict(syn.last_auxiliary)))
             warned += [str(w.message) for w in caught if str(w.message) not in warned]
     for message in warned:
         print(f"vcesdk: warning: {message}", file=sys.stderr)
@@ -109,11 +109,17 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     with atomic_output(out_dir, is_dir=True, overwrite=args.overwrite) as tmp:
         # shown in radiological convention (LPS: anterior up, patient's left on the right)
         shown = orient_volume(vol)
-        for syn, scect, lat in results:
+        for syn, scect, lat, aux in results:
             phase = syn.bundle.phase
             vol_path = output_path(tmp, f"scect_{phase}", args.format)
             write_volume(scect, vol_path, like=vol,
                          series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
+            aux_files = {}
+            for a in syn.bundle.auxiliary:  # e.g. MAN-GAN's subtraction map, its own series
+                a_path = output_path(tmp, f"{a.name}_{phase}", args.format)
+                write_volume(aux[a.name], a_path, like=vol, series_description=(
+                    f"SYNTHETIC {a.name.upper()} {phase.upper()} ({syn.bundle.name})"))
+                aux_files[a.name] = a_path.name
             preview = "preview.png" if single else f"preview_{phase}.png"
             preview_strip(shown.hu, orient_volume(scect).hu, tmp / preview,
                           spacing_mm=shown.spacing_mm)
@@ -121,7 +127,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             "bundle": syn.bundle.name, "phase": phase,
                             "method": syn.bundle.manifest["method"],
                             "demo": bool(syn.bundle.manifest.get("demo")),
-                            "provider": syn.provider,
+                            "provider": syn.provider, "auxiliary": aux_files,
                             "latency": lat.__dict__ if lat else None})
         report = {"input": str(src), "shape": list(vol.shape),
                   "spacing_mm": list(vol.spacing_mm), "vcesdk": __version__,
@@ -131,8 +137,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     for e in entries:
         print(f"wrote {out_dir / e['output']}, {out_dir / e['preview']}")
+        for name in e["auxiliary"].values():
+            print(f"wrote {out_dir / name}")
     print(f"wrote {out_dir / 'report.json'}")
-    for _, _, lat in results:
+    for _, _, lat, _ in results:
         if lat is not None:
             print(lat.line())
     return 0

@@ -308,6 +308,10 @@ class Synthesizer:
         last_latency: the :class:`LatencyReport` of the last call.
         last_contrast: the :class:`~vcesdk.contrast.ContrastEstimate` of the last call (None
             when the guard is off).
+        last_auxiliary: the auxiliary outputs the bundle declares
+            (:class:`~vcesdk.bundle.AuxiliaryOutput`, e.g. MAN-GAN's "subtraction" map), of the
+            last call: name -> float32 HU volume on the input's grid; empty for bundles
+            without any.
 
     Raises:
         BundleError: the bundle is missing, malformed or altered.
@@ -331,6 +335,7 @@ class Synthesizer:
         self.contrast_guard = contrast_guard
         self.oblique = oblique
         self.last_contrast = None
+        self.last_auxiliary: dict[str, CTVolume] = {}
 
         self.memory_budget_mb = float(memory_budget_mb if memory_budget_mb is not None else
                                       os.environ.get("VCESDK_MEMORY_BUDGET_MB",
@@ -400,14 +405,18 @@ class Synthesizer:
         if angle > MAX_OBLIQUE_DEG:
             aligned = resample_volume(vol, (), reference=axis_aligned_grid(vol),
                                       default_hu=AIR_HU)
-            enhanced = self._synthesize(aligned, progress, t0)
+            enhanced, aux = self._synthesize(aligned, progress, t0)
             delta = enhanced.with_hu(enhanced.hu - aligned.hu)
             back = resample_volume(delta, (), reference=vol, default_hu=0.0).hu
+            self.last_auxiliary = {k: vol.with_hu(resample_volume(v, (), reference=vol,
+                                                                  default_hu=0.0).hu)
+                                   for k, v in aux.items()}
             return vol.with_hu((vol.hu + back).astype(np.float32, copy=False))
-        return self._synthesize(vol, progress, t0)
+        result, self.last_auxiliary = self._synthesize(vol, progress, t0)
+        return result
 
     def _synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None,
-                    t0: float) -> CTVolume:
+                    t0: float) -> tuple[CTVolume, dict[str, CTVolume]]:
         b = self.bundle
         need = estimate_memory_mb(b, vol)
         if need > self.memory_budget_mb:
@@ -448,6 +457,10 @@ class Synthesizer:
         else:
             out = self._to_input_grid(work.with_hu(pred), vol, b.pad_hu)
         result = vol.with_hu(out.astype(np.float32, copy=False))
+        auxiliary = {
+            a.name: vol.with_hu(self._to_input_grid(work.with_hu(channels_to_hu(
+                stitched[a.channel, :shape[0], :shape[1], :shape[2]], a.hu_range)), vol, 0.0))
+            for a in b.auxiliary}
         t_end = time.perf_counter()
         total = t_end - t0
         per_window = [t / n for t, n in times]
@@ -459,4 +472,4 @@ class Synthesizer:
             median_ms_per_slice=1e3 * statistics.median(per_window) * n_windows / depth,
             end_to_end_ms_per_slice=1e3 * total / depth, prepare_s=t_prep - t0,
             stitch_s=max(0.0, t_stitch - t_prep - model_s), compose_s=t_end - t_stitch)
-        return result
+        return result, auxiliary
