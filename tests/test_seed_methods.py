@@ -161,3 +161,132 @@ def test_bundle_auxiliary_outputs_are_validated():
         aux = [{"name": "subtraction", "channel": 1, "hu_range": [-500, 500], **bad}]
         with pytest.raises(BundleError, match=msg):
             auxiliary_from_manifest({**out, "auxiliary": aux})
+
+
+def test_two_stage_discriminator_targets_are_the_three_classes():
+    """004 Eqs. 1-2: D learns real CECT -> C, synthetic NCCT -> S, real NCCT -> N; G(C->N)
+    wants its output classified N."""
+    from vcesdk.training.twostage import (
+        CLASS_CECT,
+        CLASS_NCCT,
+        CLASS_SYNTHETIC_NCCT,
+        stage1_d_loss,
+        stage1_g_loss,
+    )
+
+    def d(t):  # logits that depend on which image came in: l_k = -(mean - k)^2
+        v = float(t.mean())
+        return torch.tensor([[-(v - k) ** 2 for k in range(3)]] * len(t))
+
+    def ce(v, cls):
+        logits = np.array([-(v - k) ** 2 for k in range(3)])
+        return float(np.log(np.exp(logits).sum()) - logits[cls])
+
+    cect, syn, ncct = (torch.full((2, 1, 1, 4, 4), v) for v in (0.3, 1.6, 2.2))
+    expected = (ce(0.3, CLASS_CECT) + ce(1.6, CLASS_SYNTHETIC_NCCT) + ce(2.2, CLASS_NCCT))
+    assert float(stage1_d_loss(d, cect, syn, ncct)) == pytest.approx(expected, rel=1e-5)
+    assert float(stage1_g_loss(d, syn)) == pytest.approx(ce(1.6, CLASS_NCCT), rel=1e-5)
+    assert (CLASS_CECT, CLASS_NCCT, CLASS_SYNTHETIC_NCCT) == (0, 1, 2)
+    # the synthetic NCCT is detached in D's loss: no gradient reaches G(C->N) from it
+    syn_g = syn.clone().requires_grad_(True)
+    net = torch.nn.Conv3d(1, 1, 1)
+    stage1_d_loss(lambda t: net(t).mean(dim=(1, 2, 3, 4))[:, None].expand(-1, 3) * 0
+                  + net(t).mean(), cect, syn_g, ncct).backward()
+    assert syn_g.grad is None
+
+
+def test_two_stage_perceptual_loss_is_eq4():
+    from vcesdk.training.twostage import PERCEPTUAL_WEIGHTS, VGGClassifier, perceptual_loss
+
+    assert PERCEPTUAL_WEIGHTS == (1 / 32, 1 / 16, 1 / 8, 1 / 4)
+    torch.manual_seed(0)
+    net = VGGClassifier(1, (4, 8, 8, 16, 16)).eval()
+    a, b = torch.rand(2, 1, 1, 32, 32), torch.rand(2, 1, 1, 32, 32)
+    fa, fb = net.features(a[:, :, 0]), net.features(b[:, :, 0])
+    assert [f.shape[1:] for f in fa] == [(4, 16, 16), (8, 8, 8), (8, 4, 4), (16, 2, 2)]
+    by_hand = sum(w * float((x - y).abs().sum()) / (x.shape[1] * x.shape[2] * x.shape[3])
+                  / len(x) for w, x, y in zip(PERCEPTUAL_WEIGHTS, fa, fb))
+    with torch.no_grad():
+        assert float(perceptual_loss(net, a, b)) == pytest.approx(by_hand, rel=1e-5)
+        assert float(perceptual_loss(net, a, a)) == 0.0
+
+
+def test_two_stage_variants_run_each_stage():
+    from vcesdk.training.twostage import TwoStage
+
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 3, 32, 32) * 2 - 1, torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    seen = {}
+    for variant in ("S", "J", "single", "cycle"):
+        r = _short("two_stage_small", 1)
+        r = dataclasses.replace(r, loss={**r.loss, "variant": variant, "pretrain_steps": 1,
+                                         "stage1_steps": 1})
+        m = create_method(r)
+        assert isinstance(m, TwoStage)
+        for step in (0, 1, 2):
+            m.step = step
+            seen[(variant, m.stage())] = set(m.train_step(x, y))
+    assert seen[("S", "pretrain")] == {"pcp_ce", "pcp_accuracy"}
+    assert {"loss_d", "adv"} <= seen[("S", "stage1")] and "l1" not in seen[("S", "stage1")]
+    assert {"l1", "pcp"} <= seen[("S", "stage2")] and "loss_d" not in seen[("S", "stage2")]
+    assert {"l1", "pcp", "loss_d", "adv"} <= seen[("J", "J")]
+    assert "cycle" in seen[("cycle", "cycle")]
+    with pytest.raises(ValueError, match="variant"):
+        r = _short("two_stage_small", 1)
+        create_method(dataclasses.replace(r, loss={**r.loss, "variant": "K"}))
+
+
+@pytest.mark.slow
+def test_two_stage_small_trains_and_exports(tmp_path, lung1_path):
+    from vcesdk.export import export_bundle
+    from vcesdk.training.trainer import load_checkpoint
+
+    from vcesdk import CTVolume, Synthesizer, read_volume
+
+    torch.set_num_threads(2)
+    r = _short("two_stage_small", 70)
+    r = dataclasses.replace(r, loss={**r.loss, "pretrain_steps": 10, "stage1_steps": 20})
+    trainer = Trainer(r, tmp_path / "run", progress=False)
+    before = trainer.validate()
+    history = trainer.fit()
+    after = trainer.validate()
+    pre = [h["pcp_ce"] for h in history if "pcp_ce" in h]
+    s2 = np.array([h["l1"] for h in history if "pcp" in h])
+    assert len(pre) == 10 and len(s2) == 40
+    assert np.mean(pre[-3:]) < np.mean(pre[:3])
+    assert s2[-10:].mean() < 0.7 * s2[:10].mean()
+    assert after["val_mae_hu"] < before["val_mae_hu"]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert {"backward_generator", "discriminator", "perceptual"} <= set(ckpt)
+    path = export_bundle(load_checkpoint(tmp_path / "run"), tmp_path / "bundle",
+                         read_volume(lung1_path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"]["parity"]["max_abs_hu"] < 0.5
+    vol = CTVolume(trainer.val_data.cases[0].phases["ncct"], spacing_mm=(4.0, 2.0, 2.0))
+    out = Synthesizer(path, contrast_guard="off").synthesize(vol)
+    assert out.shape == vol.shape and np.isfinite(out.hu).all()
+
+
+def test_misaligned_truth_trains_on_the_misaligned_scans(tmp_path):
+    """004's misalignment study: train on targets distorted by I + kU, validate on aligned."""
+    from vcesdk.training.datacli import main as data_main
+    from vcesdk.training.trainer import Trainer as T
+
+    from vcesdk import read_volume
+
+    data = tmp_path / "mis"
+    assert data_main(["phantoms", "--out", str(data), "--patients", "3", "--phases", "ncct,pvp",
+                      "--size", "64", "64", "8", "--spacing", "4", "4", "4", "--misalign",
+                      "0.05", "--no-dicom", "--jobs", "1"]) == 0
+    r = _short("unet_l1_small", 1)
+    r = dataclasses.replace(r, data={**r.data, "n_val": 1})
+    aligned = T(r, tmp_path / "a", progress=False, data=data)
+    mis = T(r, tmp_path / "m", progress=False, data=data, misaligned_truth=True)
+    first = sorted(p.name for p in data.iterdir() if p.is_dir())[0]
+    truth = read_volume(data / first / "pvp_aligned.nii.gz").hu
+    moved = read_volume(data / first / "pvp.nii.gz").hu
+    assert np.abs(truth - moved).mean() > 5.0      # k = 0.05 moves anatomy by several HU
+    np.testing.assert_allclose(aligned.train_data.cases[0].phases["pvp"], truth)
+    np.testing.assert_allclose(mis.train_data.cases[0].phases["pvp"], moved)
+    np.testing.assert_allclose(mis.val_data.cases[0].phases["pvp"],
+                               aligned.val_data.cases[0].phases["pvp"])

@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="train on a dataset folder (vcesdk-data layout) instead of phantoms "
                         "generated from the recipe; its last data.n_val patients validate")
+    p.add_argument("--misaligned-truth", action="store_true",
+                   help="with --data: train on the misaligned phase scans, not their aligned "
+                        "truth (the misalignment study of 004; validation stays aligned)")
     p.add_argument("--max-steps", type=int, default=None, help="override train.steps")
     p.add_argument("--phase", default=None, choices=("ap", "pvp", "dp"),
                    help="override the recipe's target phase (the name's phase suffix follows)")
@@ -62,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                                                           args.sets)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: DDP on gloo
             torch.distributed.init_process_group("gloo")
-        trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data)
+        if args.misaligned_truth and not args.data:
+            raise ValueError("--misaligned-truth needs --data (a vcesdk-data phantoms set made "
+                             "with --misalign K)")
+        trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data,
+                          misaligned_truth=args.misaligned_truth)
         history = trainer.fit()
         if trainer.world > 1:
             torch.distributed.barrier()

@@ -83,13 +83,16 @@ class DatasetPairs(PhantomPairs):
     Args:
         root: dataset folder.
         patients: patient folder names to use (e.g. a train/validation split).
+        aligned: use ``<phase>_aligned.nii.gz`` as the target where present (False: the
+            misaligned scan itself, for 004's misalignment study).
 
     Raises:
         InputError: a patient lacks the NCCT or the phase, or the two grids differ.
     """
 
     def __init__(self, root, patients: Sequence[str], phase: str, windows: Sequence[Window],
-                 output_hu: Sequence[float], target: str = "image") -> None:
+                 output_hu: Sequence[float], target: str = "image", aligned: bool = True
+                 ) -> None:
         from pathlib import Path
 
         from vcesdk.errors import InputError
@@ -102,8 +105,8 @@ class DatasetPairs(PhantomPairs):
         for name in patients:
             pdir = root / name
             nc = find_phase(pdir, "ncct")
-            aligned = pdir / f"{phase}_aligned.nii.gz"
-            ph = aligned if aligned.is_file() else find_phase(pdir, phase)
+            truth = pdir / f"{phase}_aligned.nii.gz"
+            ph = truth if aligned and truth.is_file() else find_phase(pdir, phase)
             if nc is None or ph is None:
                 raise InputError(f"{pdir} lacks an ncct or {phase} scan")
             a, b = read_volume(nc), read_volume(ph)

@@ -31,12 +31,10 @@ predicted subtraction map; the bundle declares channel 1 as the auxiliary output
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
-from .methods import Method, adam_with_decay, register_method
+from .methods import Method, adam_with_decay, register_method, require_same_window
 from .networks import create_discriminator, create_generator, register_generator
 from .recipe import Recipe
 from .slicewise import SliceWise
@@ -207,15 +205,6 @@ def subtraction_target(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * (y - x)
 
 
-def _check_same_window(windows: Sequence[dict], hu_range: Sequence[float]) -> None:
-    w = windows[0]
-    lo, hi = w["level"] - w["width"] / 2, w["level"] + w["width"] / 2
-    if len(windows) != 1 or abs(lo - hu_range[0]) > 1e-6 or abs(hi - hu_range[1]) > 1e-6:
-        raise ValueError(f"MAN-GAN translates one windowed image into the same window: "
-                         f"model_io needs one window and hu_range [{lo}, {hi}], got "
-                         f"{len(windows)} window(s) and {list(hu_range)}")
-
-
 @register_method("mangan")
 class ManGan(Method):
     """MAN-GAN training (see the module docstring). Adam with the recipe's lr (paper 1e-4) and
@@ -232,7 +221,7 @@ class ManGan(Method):
         super().__init__()
         self.recipe = recipe
         io = recipe.model_io
-        _check_same_window(io["windows"], io["hu_range"])
+        require_same_window(io["windows"], io["hu_range"], "MAN-GAN")
         if io.get("target", "image") != "image":
             raise ValueError("MAN-GAN predicts the phase image (model_io.target: image)")
         g_cfg = dict(recipe.generator["config"])

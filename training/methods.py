@@ -3,7 +3,7 @@ step). The loop that drives them is :mod:`vcesdk.training.trainer`."""
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,11 +46,30 @@ def adam_with_decay(params, optim: dict, default_betas: tuple[float, float] = (0
     return opt, torch.optim.lr_scheduler.StepLR(opt, every, optim.get("decay_factor", 0.1))
 
 
+def require_same_window(windows: Sequence[dict], hu_range: Sequence[float], who: str) -> None:
+    """Check that a recipe translates one windowed image into the same window (000, 004: the
+    paper's images are one display window, and the methods compare input and output pixels).
+
+    Raises:
+        ValueError: several windows, or an output hu_range other than the window's.
+    """
+    w = windows[0]
+    lo, hi = w["level"] - w["width"] / 2, w["level"] + w["width"] / 2
+    if len(windows) != 1 or abs(lo - hu_range[0]) > 1e-6 or abs(hi - hu_range[1]) > 1e-6:
+        raise ValueError(f"{who} translates one windowed image into the same window: model_io "
+                         f"needs one window and hu_range [{lo}, {hi}], got {len(windows)} "
+                         f"window(s) and {list(hu_range)}")
+
+
 class Method(nn.Module, abc.ABC):
-    """Base class: owns the networks and optimisers; ``train_step`` does one update."""
+    """Base class: owns the networks and optimisers; ``train_step`` does one update.
+
+    ``step`` is the number of steps done before the current one (the trainer sets it, resumed
+    runs included), for methods whose schedule has phases."""
 
     name = "base"
     generator: nn.Module
+    step: int = 0
 
     @abc.abstractmethod
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

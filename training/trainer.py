@@ -57,10 +57,15 @@ class Trainer:
         out_dir: run folder: checkpoint.pt, recipe.json, log.jsonl.
         resume: continue from out_dir/checkpoint.pt when it exists.
         progress: show a tqdm progress bar.
+        data: a dataset folder (vcesdk-data layout) instead of the recipe's phantoms.
+        misaligned_truth: with ``data``, train on ``<phase>.nii.gz`` even where an aligned
+            ``<phase>_aligned.nii.gz`` exists (004's misalignment study); validation always
+            uses the aligned truth.
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True,
-                 progress: bool = True, data: str | os.PathLike | None = None) -> None:
+                 progress: bool = True, data: str | os.PathLike | None = None,
+                 misaligned_truth: bool = False) -> None:
         self.recipe = recipe
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,10 @@ class Trainer:
                                  f"{recipe.phase}; training needs 2 or more")
             pair_args = dict(phase=recipe.phase, windows=self.windows,
                              output_hu=self.output_hu, target=common["target"])
-            self.train_data = DatasetPairs(data, names[:len(names) - n_val], **pair_args)
+            # the misalignment study of 004: train on the misaligned phase scans, validate on
+            # the aligned truth
+            self.train_data = DatasetPairs(data, names[:len(names) - n_val],
+                                           aligned=not misaligned_truth, **pair_args)
             self.val_data = DatasetPairs(data, names[len(names) - n_val:], **pair_args)
         else:
             self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])), **common)
@@ -198,6 +206,7 @@ class Trainer:
             if self.world > 1:
                 part = slice(self.rank * bs // self.world, (self.rank + 1) * bs // self.world)
                 x, y = x[part], y[part]
+            self.method.step = self.step
             losses = self.method.train_step(torch.from_numpy(x), torch.from_numpy(y))
             if self.world > 1:  # the logged losses are those of the global batch
                 names = sorted(losses)

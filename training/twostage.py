@@ -1,0 +1,385 @@
+"""Two-stage neural contrast enhancement (Seo et al., seed 004_f128e01a994d2141.txt), robust to
+misaligned NCCT / CECT pairs.
+
+    * Stage 1: G(C->N) turns a real CECT into a synthetic NCCT, adversarially only, against a
+      3-class discriminator D (real CECT / real NCCT / synthetic NCCT; Eqs. 1-2): it needs no
+      pairs, and its output stays aligned with its CECT.
+    * Stage 2: G(N->C), the model that ships, learns synthetic NCCT -> real CECT with
+      lambda x L1 + perceptual loss (Eqs. 3-5, lambda = 10).
+    * Perceptual network: a VGG16-BN-shaped classifier trained here (first ``pretrain_steps``
+      steps) to tell NCCT from CECT on the training set; features after its first four
+      max-pools, weights 1/32, 1/16, 1/8, 1/4, each |.|_1 normalised by W x H x C (Eq. 4).
+    * Generators: six SPADE residual blocks (512, 512, 256, 128, 64, 32 channels), each followed
+      by bilinear upsampling; the input (3 consecutive slices) conditions every SPADE block and
+      is concatenated after every upsampling; group norm, LeakyReLU 0.2 (Sec. 3.3, Fig. 4).
+    * D: DCGAN's discriminator with its strided convs replaced by conv + bilinear
+      downsampling, group norm, LeakyReLU 0.2, channels 64 ... 2048; class logits averaged over
+      the last feature map.
+
+Variants (``loss.variant``): "S" (stage 1 for ``loss.stage1_steps`` steps, then stage 2 with
+G(C->N) frozen; the paper's Ours-S), "J" (both stages every step, end to end; Ours-J), and the
+paper's baselines "single" (G(N->C) with an adversarial loss only, against a real / synthetic
+CECT discriminator) and "cycle" (CycleGAN with the same networks, L1 + perceptual cycle loss).
+
+Our choices where the paper is silent (written in the recipes too): the generators see and
+predict one window (W 300 / L 50 in [-1, 1], as 256 x 256 in the paper), output the centre
+slice (the paper outputs three; the runtime stitches one output per slice); the SPADE hidden
+conv has ``hidden`` channels; group norm uses gcd(32, C) groups; adversarial terms are
+cross-entropy on class logits for every variant.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as tf
+
+from .methods import Method, adam_with_decay, register_method, require_same_window
+from .networks import (
+    create_discriminator,
+    create_generator,
+    register_discriminator,
+    register_generator,
+)
+from .recipe import Recipe
+from .slicewise import SliceWise, slice_stacks
+
+CLASS_CECT, CLASS_NCCT, CLASS_SYNTHETIC_NCCT = 0, 1, 2   # the 3 classes of D (Eq. 1)
+PERCEPTUAL_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4)        # w_1..w_4 of Eq. 4 (Sec. 4.1)
+VARIANTS = ("S", "J", "single", "cycle")
+
+
+def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
+    """Group norm with gcd(32, C) groups (32 where C allows, as is usual)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels, affine=affine)
+
+
+class SPADE(nn.Module):
+    """SPADE (Park et al. 2019) with group norm: norm(x) * (1 + gamma(c)) + beta(c), gamma and
+    beta predicted from the conditioning image c resized (bilinear) to x."""
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.norm = group_norm(channels, affine=False)
+        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1),
+                                    nn.LeakyReLU(0.2, True))
+        self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        cond = tf.interpolate(cond, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        a = self.shared(cond)
+        return self.norm(x) * (1 + self.gamma(a)) + self.beta(a)
+
+
+class SPADEResBlock(nn.Module):
+    """SPADE residual block (004 Fig. 4b): two SPADE-LeakyReLU-conv3x3 steps, learned 1x1
+    shortcut (after SPADE) when the channel count changes."""
+
+    def __init__(self, cin: int, cout: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        mid = min(cin, cout)
+        self.n0, self.c0 = SPADE(cin, cond_channels, hidden), nn.Conv2d(cin, mid, 3, padding=1)
+        self.n1, self.c1 = SPADE(mid, cond_channels, hidden), nn.Conv2d(mid, cout, 3, padding=1)
+        self.skip = None
+        if cin != cout:
+            self.ns, self.skip = SPADE(cin, cond_channels, hidden), nn.Conv2d(cin, cout, 1,
+                                                                              bias=False)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        dx = self.c0(tf.leaky_relu(self.n0(x, cond), 0.2))
+        dx = self.c1(tf.leaky_relu(self.n1(dx, cond), 0.2))
+        s = x if self.skip is None else self.skip(self.ns(x, cond))
+        return s + dx
+
+
+@register_generator("spade2d")
+class SpadeGenerator(SliceWise):
+    """The generators of 004 (G(N->C) and G(C->N)).
+
+    Args:
+        in_channels: input windows per slice (1).
+        out_channels: output channels (1: the centre slice).
+        channels: output channels of the SPADE residual blocks (paper: 512, 512, 256, 128, 64,
+            32); one bilinear x2 upsampling after each, so inputs are a multiple of
+            2 ** len(channels) in-plane (64 in the paper's 256 x 256).
+        hidden: SPADE conditioning conv channels.
+        context: neighbouring slices per side fed as channels (1: 3 consecutive slices).
+
+    The network starts from the input bilinearly downsampled by 2 ** len(channels), and
+    concatenates the (resized) input after every upsampling.
+    Shapes: (B, in_channels, d, h, w) -> (B, out_channels, d, h, w).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1,
+                 channels: Sequence[int] = (512, 512, 256, 128, 64, 32), hidden: int = 128,
+                 context: int = 1) -> None:
+        super().__init__()
+        self.context = int(context)
+        cond = in_channels * (2 * self.context + 1)
+        self.levels = len(channels)
+        self.head = nn.Conv2d(cond, int(channels[0]), 3, padding=1)
+        blocks, cin = [], int(channels[0])
+        for c in channels:
+            blocks.append(SPADEResBlock(cin, int(c), cond, hidden))
+            cin = int(c) + cond
+        self.blocks = nn.ModuleList(blocks)
+        self.out = nn.Sequential(group_norm(cin), nn.LeakyReLU(0.2, True),
+                                 nn.Conv2d(cin, out_channels, 3, padding=1), nn.Tanh())
+
+    def size_multiple(self) -> tuple[int, int, int]:
+        return (1, 2 ** self.levels, 2 ** self.levels)
+
+    def forward2d(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        k = 2 ** self.levels
+        feat = self.head(tf.interpolate(x, size=(h // k, w // k), mode="bilinear",
+                                        align_corners=False))
+        for blk in self.blocks:
+            feat = tf.interpolate(blk(feat, x), scale_factor=2.0, mode="bilinear",
+                                  align_corners=False)
+            feat = torch.cat([feat, tf.interpolate(x, size=feat.shape[-2:], mode="bilinear",
+                                                   align_corners=False)], dim=1)
+        return self.out(feat)
+
+
+@register_discriminator("dcgan_classes")
+class DCGANClassifier(nn.Module):
+    """004's discriminator: DCGAN's, with every strided conv replaced by conv3x3 + bilinear
+    x0.5 downsampling; group norm (not on the first layer), LeakyReLU 0.2; class logits from a
+    1x1 conv averaged over the last map.
+
+    Args:
+        in_channels: windows per slice; ``context`` neighbours per side are stacked as in the
+            generators.
+        channels: per-layer channels (paper: 64, 128, 256, 512, 1024, 2048).
+        num_classes: 3 (real CECT / real NCCT / synthetic NCCT) or 2 (real / synthetic).
+        context: neighbouring slices per side.
+
+    Shapes: (B, in_channels, d, h, w) -> logits (B*d, num_classes), slice-major.
+    """
+
+    def __init__(self, in_channels: int = 1,
+                 channels: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+                 num_classes: int = 3, context: int = 1) -> None:
+        super().__init__()
+        self.context = int(context)
+        layers: list[nn.Module] = []
+        cin = in_channels * (2 * self.context + 1)
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(cin, int(c), 3, padding=1)]
+            if i:
+                layers.append(group_norm(int(c)))
+            layers += [nn.LeakyReLU(0.2, True), nn.Upsample(scale_factor=0.5, mode="bilinear",
+                                                            align_corners=False)]
+            cin = int(c)
+        self.features = nn.Sequential(*layers)
+        self.classify = nn.Conv2d(cin, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(slice_stacks(x, self.context))).mean(dim=(2, 3))
+
+
+class VGGClassifier(nn.Module):
+    """VGG16-BN-shaped NCCT / CECT classifier (004's perceptual network, trained in-project).
+
+    Args:
+        in_channels: image channels (1 window).
+        widths: channels of the five conv stages (VGG16: 64, 128, 256, 512, 512); stage i has
+            2, 2, 3, 3, 3 conv3x3 + BN + ReLU layers, each stage ends in a 2x2 max-pool.
+
+    ``features(x)``: x (N, C, h, w) -> the maps after the first four max-pools.
+    ``forward(x)``: (N, 2) logits (NCCT = 0, CECT = 1) from global average pooling.
+    """
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (64, 128, 256, 512, 512)
+                 ) -> None:
+        super().__init__()
+        stages, cin = [], in_channels
+        for n, c in zip((2, 2, 3, 3, 3), widths):
+            layers: list[nn.Module] = []
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, int(c), 3, padding=1), nn.BatchNorm2d(int(c)),
+                           nn.ReLU(True)]
+                cin = int(c)
+            layers.append(nn.MaxPool2d(2))
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(cin, 2)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for stage in self.stages[:4]:
+            x = stage(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def perceptual_loss(net: VGGClassifier, a: torch.Tensor, b: torch.Tensor,
+                    weights: Sequence[float] = PERCEPTUAL_WEIGHTS) -> torch.Tensor:
+    """Eq. 4: sum_i w_i |phi_i(a) - phi_i(b)|_1 / (W_i H_i C_i), averaged over the batch.
+
+    Args:
+        net: the trained classifier (its features after the first four max-pools).
+        a, b: (B, C, d, h, w) images in [-1, 1] (slices go into the batch), h and w multiples
+            of 16.
+    """
+    fa, fb = net.features(slice_stacks(a, 0)), net.features(slice_stacks(b, 0))
+    return sum(w * (x - y).abs().mean() for w, x, y in zip(weights, fa, fb))
+
+
+def class_loss(logits: torch.Tensor, cls: int) -> torch.Tensor:
+    """Cross-entropy H(1_cls, D(.)) of every row of (N, K) logits against one class."""
+    return tf.cross_entropy(logits, torch.full((len(logits),), cls, dtype=torch.long))
+
+
+def stage1_d_loss(d: nn.Module, real_cect: torch.Tensor, synthetic_ncct: torch.Tensor,
+                  real_ncct: torch.Tensor) -> torch.Tensor:
+    """D's objective in stage 1 (Eq. 1): H(1_C, D(real CECT)) + H(1_S, D(G(C->N)(x))) +
+    H(1_N, D(real NCCT)); the synthetic NCCT is detached."""
+    return (class_loss(d(real_cect), CLASS_CECT)
+            + class_loss(d(synthetic_ncct.detach()), CLASS_SYNTHETIC_NCCT)
+            + class_loss(d(real_ncct), CLASS_NCCT))
+
+
+def stage1_g_loss(d: nn.Module, synthetic_ncct: torch.Tensor) -> torch.Tensor:
+    """G(C->N)'s objective in stage 1 (Eq. 2): H(1_N, D(G(C->N)(x))): its output should be
+    taken for a real NCCT."""
+    return class_loss(d(synthetic_ncct), CLASS_NCCT)
+
+
+@register_method("two_stage")
+class TwoStage(Method):
+    """Seo et al. (004): see the module docstring. ``loss``: variant, l1_weight (lambda, 10),
+    pretrain_steps (perceptual classifier), stage1_steps (variant S), pretrain_lr.
+
+    Raises:
+        ValueError: unknown variant, or model_io not one window mapped onto itself.
+    """
+
+    NETWORKS = ("generator", "discriminator", "backward_generator", "perceptual",
+                "discriminator_x")
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        io, loss = recipe.model_io, recipe.loss
+        require_same_window(io["windows"], io["hu_range"], "the two-stage method")
+        self.variant = str(loss.get("variant", "S"))
+        if self.variant not in VARIANTS:
+            raise ValueError(f"loss.variant must be one of {VARIANTS}, got {self.variant!r}")
+        g_name, g_cfg = recipe.generator["name"], dict(recipe.generator["config"])
+        self.generator = create_generator(g_name, g_cfg)                 # G(N->C)
+        self.backward_generator = create_generator(g_name, g_cfg)        # G(C->N)
+        d_name, d_cfg = recipe.discriminator["name"], dict(recipe.discriminator["config"])
+        classes = 3 if self.variant in ("S", "J") else 2
+        self.discriminator = create_discriminator(d_name, {**d_cfg, "num_classes": classes})
+        if self.variant == "cycle":   # D_N for the C->N direction
+            self.discriminator_x = create_discriminator(d_name, {**d_cfg, "num_classes": 2})
+        self.perceptual = VGGClassifier(int(g_cfg.get("in_channels", 1)),
+                                        loss.get("perceptual_widths", (64, 128, 256, 512, 512)))
+        self.l1_weight = float(loss.get("l1_weight", 10.0))
+        self.pretrain_steps = int(loss.get("pretrain_steps", 0))
+        self.stage1_steps = int(loss.get("stage1_steps", 0))
+        gens = [*self.generator.parameters(), *self.backward_generator.parameters()]
+        self.opt_g, self.sched_g = adam_with_decay(gens, recipe.optim)
+        ds = [*self.discriminator.parameters(),
+              *(self.discriminator_x.parameters() if self.variant == "cycle" else [])]
+        self.opt_d, self.sched_d = adam_with_decay(ds, recipe.optim)
+        self.opt_p = torch.optim.Adam(self.perceptual.parameters(),
+                                      lr=float(loss.get("pretrain_lr", 1e-3)))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d, "opt_p": self.opt_p}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {"sched_g": self.sched_g, "sched_d": self.sched_d}
+
+    def stage(self) -> str:
+        """What the current step trains: "pretrain", "stage1", "stage2" or the variant."""
+        if self.step < self.pretrain_steps:
+            return "pretrain"
+        if self.variant == "S":
+            return "stage1" if self.step < self.pretrain_steps + self.stage1_steps else "stage2"
+        return self.variant
+
+    def _pretrain(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.perceptual.train()
+        self.opt_p.zero_grad(set_to_none=True)
+        logits = self.perceptual(torch.cat([slice_stacks(x, 0), slice_stacks(y, 0)]))
+        n = len(logits) // 2
+        loss = class_loss(logits[:n], 0) + class_loss(logits[n:], 1)
+        loss.backward()
+        self.opt_p.step()
+        acc = ((logits[:n].argmax(1) == 0).float().mean() + (logits[n:].argmax(1) == 1)
+               .float().mean()) / 2
+        return {"pcp_ce": loss.item(), "pcp_accuracy": acc.item()}
+
+    def _rec(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        l1 = (pred - target).abs().mean()
+        pcp = perceptual_loss(self.perceptual, pred, target)
+        return self.l1_weight * l1 + pcp, l1, pcp     # Eq. 5
+
+    def _step_d(self, loss: torch.Tensor) -> None:
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        stage = self.stage()
+        if stage == "pretrain":
+            return self._pretrain(x, y)
+        self.perceptual.eval()
+        for p in self.perceptual.parameters():
+            p.requires_grad_(False)
+        # the NCCT the adversarial terms see is another patient's (unpaired, as in stage 1)
+        x_unpaired = x.roll(1, dims=0) if len(x) > 1 else x
+        g_nc, g_cn, d = self.generator, self.backward_generator, self.discriminator
+        out: dict[str, float] = {}
+        if stage in ("stage1", "J"):
+            syn = g_cn(y)
+            loss_d = stage1_d_loss(d, y, syn, x_unpaired)
+            self._step_d(loss_d)
+            adv = stage1_g_loss(d, syn)
+            loss_g = adv
+            if stage == "J":   # end to end: stage 2's loss also trains G(C->N)
+                rec, l1, pcp = self._rec(g_nc(syn), y)
+                loss_g = loss_g + rec
+                out.update(l1=l1.item(), pcp=pcp.item())
+            out.update(loss_d=loss_d.item(), adv=adv.item())
+        elif stage == "stage2":
+            with torch.no_grad():
+                syn = g_cn(y)     # G(C->N) frozen (Ours-S)
+            loss_g, l1, pcp = self._rec(g_nc(syn), y)
+            out.update(l1=l1.item(), pcp=pcp.item())
+        elif stage == "single":
+            fake = g_nc(x)
+            self._step_d(class_loss(d(y), 0) + class_loss(d(fake.detach()), 1))
+            loss_g = class_loss(d(fake), 0)
+            out.update(l1=(fake - y).abs().mean().item())
+        else:   # cycle: CycleGAN with L1 + perceptual cycle terms
+            fake_c, fake_n = g_nc(x), g_cn(y)
+            dx = self.discriminator_x
+            self._step_d(class_loss(d(y), 0) + class_loss(d(fake_c.detach()), 1)
+                         + class_loss(dx(x), 0) + class_loss(dx(fake_n.detach()), 1))
+            cyc_x, l1_x, _ = self._rec(g_cn(fake_c), x)
+            cyc_y, l1_y, _ = self._rec(g_nc(fake_n), y)
+            loss_g = class_loss(d(fake_c), 0) + class_loss(dx(fake_n), 0) + cyc_x + cyc_y
+            out.update(cycle=(l1_x + l1_y).item(), l1=(fake_c - y).abs().mean().item())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        out["loss_g"] = loss_g.item()
+        return out
+
+    def on_step_end(self, step: int) -> None:
+        if step > self.pretrain_steps:
+            self.sched_g.step()
+            self.sched_d.step()
