@@ -290,3 +290,98 @@ def test_misaligned_truth_trains_on_the_misaligned_scans(tmp_path):
     np.testing.assert_allclose(mis.train_data.cases[0].phases["pvp"], moved)
     np.testing.assert_allclose(mis.val_data.cases[0].phases["pvp"],
                                aligned.val_data.cases[0].phases["pvp"])
+
+
+def test_intensity_pretext_labels_are_the_alpha_levels():
+    """001 / 002: classes 0..3 <-> alpha 0.5, 1.0, 1.5, 2.0 applied to the [0, 1] image."""
+    from vcesdk.training.hrgan import INTENSITY_LEVELS, intensity_pretext
+
+    assert INTENSITY_LEVELS == (0.5, 1.0, 1.5, 2.0)
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    scaled, labels = intensity_pretext(x, torch.Generator().manual_seed(0))
+    assert labels.dtype == torch.int64 and set(labels.tolist()) == {0, 1, 2, 3}
+    for i in range(len(x)):
+        alpha = INTENSITY_LEVELS[int(labels[i])]
+        # in [0, 1] units the image is multiplied by alpha
+        torch.testing.assert_close((scaled[i] + 1) / 2, alpha * (x[i] + 1) / 2)
+    assert torch.equal(scaled[labels == 1], x[labels == 1])
+
+
+def test_quadrant_split_and_stitch_are_exact():
+    """001's local path: four N/2 x N/2 quadrants, stitched back without loss or overlap."""
+    from vcesdk.training.hrgan import split_quadrants, stitch_quadrants
+
+    x = torch.arange(2 * 1 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 1, 3, 8, 8)
+    q = split_quadrants(x)
+    assert q.shape == (8, 1, 3, 4, 4)
+    assert torch.equal(q[0], x[0, :, :, :4, :4]) and torch.equal(q[2], x[0, :, :, :4, 4:])
+    assert torch.equal(q[4], x[0, :, :, 4:, :4]) and torch.equal(q[7], x[1, :, :, 4:, 4:])
+    assert torch.equal(stitch_quadrants(q), x)
+
+
+def test_hr_generator_encoder_is_dense():
+    from vcesdk.training.hrgan import DenseEncoder
+
+    enc = DenseEncoder(3, (4, 8, 16))
+    # block i sees every earlier block's channels (HRNet-style), pooled to its resolution
+    assert [b[0].in_channels for b in enc.blocks] == [3, 4, 12]
+    feats = enc(torch.rand(2, 3, 32, 32))
+    assert [tuple(f.shape[1:]) for f in feats] == [(4, 32, 32), (8, 16, 16), (16, 8, 8)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, stages", [("dual_path_small", {"loss.pretrain_steps": 10}),
+                                          ("dyefreenet_small", {"loss.pretrain_steps": 10,
+                                                                "loss.primary_steps": 20})])
+def test_hr_gans_pretrain_train_and_export(name, stages, tmp_path, lung1_path):
+    from vcesdk.export import export_bundle
+    from vcesdk.training.trainer import load_checkpoint
+
+    from vcesdk import Synthesizer, read_volume
+
+    torch.set_num_threads(2)
+    r = _short(name, 70).with_overrides(sets=[f"{k}={v}" for k, v in stages.items()])
+    trainer = Trainer(r, tmp_path / "run", progress=False)
+    before = trainer.validate()
+    history = trainer.fit()
+    pre = [h["pretext_ce"] for h in history if "pretext_ce" in h]
+    assert len(pre) == 10 and np.mean(pre[-3:]) < np.mean(pre[:3])
+    method = trainer.method
+    enc = (method.generator.encoder if name == "dual_path_small"
+           else method.generator.primary.encoder)
+    assert not all(torch.equal(a, b) for a, b in zip(
+        enc.state_dict().values(), method.perceptual.encoder.state_dict().values()))
+    # the first GAN stage after pretraining (dual path: the only one; DyeFreeNet: the
+    # primary GAN, whose L1 is on the half-resolution image) brings the output to the target
+    first = np.array([h["l1"] for h in history[10:30]])
+    assert first[-5:].mean() < 0.8 * first[:5].mean()
+    # and the trained model (DyeFreeNet: the whole cascade) beats the untrained one
+    assert trainer.validate()["val_mae_hu"] < before["val_mae_hu"]
+    path = export_bundle(load_checkpoint(tmp_path / "run"), tmp_path / "bundle",
+                         read_volume(lung1_path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"]["parity"]["max_abs_hu"] < 0.5
+    vol = read_volume(lung1_path)
+    out = Synthesizer(path, contrast_guard="off").synthesize(vol)
+    assert out.shape == vol.shape and np.isfinite(out.hu).all()
+
+
+def test_dyefreenet_refinement_starts_from_the_primary():
+    from vcesdk.training.hrgan import DyeFreeNetMethod
+
+    r = _short("dyefreenet_small", 1).with_overrides(
+        sets=["loss.pretrain_steps=0", "loss.primary_steps=1"])
+    m = create_method(r)
+    assert isinstance(m, DyeFreeNetMethod)
+    x, y = torch.rand(2, 1, 3, 32, 32) * 2 - 1, torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    m.step = 0
+    assert m.stage() == "primary"
+    m.train_step(x, y)
+    m.step = 1
+    assert m.stage() == "refine"
+    m.train_step(x, y)
+    g = m.generator
+    # the primary is frozen after its stage; the refinement's decoder began as its copy
+    assert not any(p.requires_grad for p in g.primary.parameters())
+    key = "decoder.0.0.weight"
+    assert g.refine.state_dict()[key].shape == g.primary.state_dict()[key].shape

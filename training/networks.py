@@ -38,7 +38,7 @@ register_discriminator = _registrar(_DISCRIMINATORS, "discriminator")
 
 # modules that register the seed papers' networks and methods (imported on first lookup, so
 # importing this module stays cheap and free of cycles)
-SEED_MODULES: tuple[str, ...] = ("mangan", "twostage")
+SEED_MODULES: tuple[str, ...] = ("mangan", "twostage", "hrgan")
 
 
 def load_seed_modules() -> None:
