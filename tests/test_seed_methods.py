@@ -385,3 +385,30 @@ def test_dyefreenet_refinement_starts_from_the_primary():
     assert not any(p.requires_grad for p in g.primary.parameters())
     key = "decoder.0.0.weight"
     assert g.refine.state_dict()[key].shape == g.primary.state_dict()[key].shape
+
+
+def test_unpaired_volumes_feed_stage_one_without_pairs(tmp_path):
+    """004's stage 1 needs no pairs: NCCT and CECT crops come from different scans."""
+    from vcesdk.training.data import UnpairedVolumes
+
+    from vcesdk import CTVolume
+
+    rng = np.random.default_rng(0)
+    body = np.full((12, 64, 64), -1000.0, np.float32)
+    body[:, 12:52, 12:52] = 40.0
+    ncct = CTVolume(body + rng.normal(0, 5, body.shape).astype(np.float32), (2.0, 1.0, 1.0))
+    cect = CTVolume(np.where(body > 0, 180.0, -1000.0).astype(np.float32), (4.0, 2.0, 2.0))
+    r = _short("two_stage_small", 2)
+    r = dataclasses.replace(r, data={**r.data, "crop": [3, 32, 32]},
+                            loss={**r.loss, "pretrain_steps": 1, "stage1_steps": 1})
+    trainer = Trainer(r, tmp_path / "run", progress=False, unpaired=([ncct], [cect]))
+    data = trainer.train_data
+    assert isinstance(data, UnpairedVolumes) and trainer.validate() == {}
+    # resampled to the recipe grid (4 x 2 x 2 mm): the 2 x 1 x 1 mm NCCT halves per axis
+    assert data.ncct_hu[0].shape == (6, 32, 32) and data.cect_hu[0].shape == (12, 64, 64)
+    x, y = data.sample(np.random.default_rng(1), 4, (3, 32, 32))
+    assert x.shape == (4, 1, 3, 32, 32) and y.shape == (4, 1, 3, 32, 32)
+    # crops hold body (>= 30 % of voxels above -500 HU), not just air
+    assert (y > -0.9).mean() > 0.3
+    history = trainer.fit()
+    assert len(history) == 2 and "val_mae_hu" not in history[-1]

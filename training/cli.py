@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--misaligned-truth", action="store_true",
                    help="with --data: train on the misaligned phase scans, not their aligned "
                         "truth (the misalignment study of 004; validation stays aligned)")
+    p.add_argument("--unpaired-ncct", nargs="+", default=None, metavar="CT",
+                   help="train on unpaired real scans: NCCT volumes (files or DICOM folders); "
+                        "needs --unpaired-cect; for methods that need no pairs (two_stage "
+                        "stage 1, cyclegan)")
+    p.add_argument("--unpaired-cect", nargs="+", default=None, metavar="CT",
+                   help="contrast-enhanced volumes of other patients, for --unpaired-ncct")
     p.add_argument("--max-steps", type=int, default=None, help="override train.steps")
     p.add_argument("--phase", default=None, choices=("ap", "pvp", "dp"),
                    help="override the recipe's target phase (the name's phase suffix follows)")
@@ -68,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.misaligned_truth and not args.data:
             raise ValueError("--misaligned-truth needs --data (a vcesdk-data phantoms set made "
                              "with --misalign K)")
+        if bool(args.unpaired_ncct) != bool(args.unpaired_cect) or (args.unpaired_ncct
+                                                                     and args.data):
+            raise ValueError("--unpaired-ncct and --unpaired-cect go together, without --data")
+        unpaired = (args.unpaired_ncct, args.unpaired_cect) if args.unpaired_ncct else None
         trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data,
-                          misaligned_truth=args.misaligned_truth)
+                          misaligned_truth=args.misaligned_truth, unpaired=unpaired)
         history = trainer.fit()
         if trainer.world > 1:
             torch.distributed.barrier()

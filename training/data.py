@@ -125,3 +125,73 @@ def dataset_patients(root, phase: str) -> list[str]:
 
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir()
                   and find_phase(p, "ncct") is not None and find_phase(p, phase) is not None)
+
+
+class UnpairedVolumes:
+    """Unpaired real scans for methods whose training needs no pairs (004's stage 1, CycleGAN):
+    NCCT volumes and contrast-enhanced volumes of other patients, each resampled to the
+    recipe's spacing and oriented LPS; crops are drawn independently from both sets.
+
+    Args:
+        ncct: NCCT volumes (file or DICOM folder paths, or :class:`~vcesdk.CTVolume`).
+        cect: contrast-enhanced volumes, likewise.
+        windows, output_hu: as :class:`PhantomPairs` (the CECT is the target, target "image").
+        spacing_mm: (z, y, x) grid the crops are cut from.
+        min_body_fraction: a crop is redrawn (up to 20 times) until at least this fraction of
+            its NCCT / CECT voxels is body (> -500 HU), so air-only crops do not dominate.
+
+    Items: ``sample`` gives x (B, C, d, h, w) NCCT crops and y (B, 1, d, h, w) CECT crops of
+    other patients, float32 in [-1, 1]. There is no validation truth (``cases`` is empty).
+
+    Raises:
+        InputError: an empty list, or a volume smaller than the crop (at sampling).
+    """
+
+    target = "image"
+
+    def __init__(self, ncct: Sequence, cect: Sequence, windows: Sequence[Window],
+                 output_hu: Sequence[float], spacing_mm: Sequence[float],
+                 min_body_fraction: float = 0.3) -> None:
+        from vcesdk.errors import InputError
+        from vcesdk.volume import CTVolume, orient_volume, read_volume, resample_volume
+
+        if not ncct or not cect:
+            raise InputError("unpaired training needs at least one NCCT and one contrast-"
+                             "enhanced volume")
+
+        def load(v) -> np.ndarray:
+            vol = v if isinstance(v, CTVolume) else read_volume(v)
+            return orient_volume(resample_volume(vol, spacing_mm)).hu
+
+        self.ncct_hu = [load(v) for v in ncct]
+        self.cect_hu = [load(v) for v in cect]
+        self.x = [hu_to_channels(v, windows) for v in self.ncct_hu]
+        self.y = [hu_to_output(v, output_hu)[None] for v in self.cect_hu]
+        self.cases: list = []
+        self.min_body = float(min_body_fraction)
+
+    def __len__(self) -> int:
+        return len(self.x) + len(self.y)
+
+    def _crop(self, rng: np.random.Generator, arrays: list, hus: list, crop: Sequence[int]
+              ) -> np.ndarray:
+        from vcesdk.errors import InputError
+
+        i = int(rng.integers(len(arrays)))
+        shape = hus[i].shape
+        if any(int(c) > n for c, n in zip(crop, shape)):
+            raise InputError(f"a {shape} volume is smaller than the crop {list(crop)}")
+        for _ in range(20):
+            z0, y0, x0 = (int(rng.integers(n - int(c) + 1)) for n, c in zip(shape, crop))
+            sl = (slice(z0, z0 + int(crop[0])), slice(y0, y0 + int(crop[1])),
+                  slice(x0, x0 + int(crop[2])))
+            if (hus[i][sl] > -500).mean() >= self.min_body:
+                break
+        return arrays[i][(slice(None), *sl)]
+
+    def sample(self, rng: np.random.Generator, batch_size: int, crop: Sequence[int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Independent random crops: x (B, C, d, h, w) NCCT, y (B, 1, d, h, w) CECT."""
+        xs = [self._crop(rng, self.x, self.ncct_hu, crop) for _ in range(batch_size)]
+        ys = [self._crop(rng, self.y, self.cect_hu, crop) for _ in range(batch_size)]
+        return np.stack(xs), np.stack(ys)

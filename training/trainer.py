@@ -11,14 +11,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from vcesdk.intensity import channels_to_hu, windows_from_manifest
 
-from .data import DatasetPairs, PhantomPairs, dataset_patients
+from .data import DatasetPairs, PhantomPairs, UnpairedVolumes, dataset_patients
 from .methods import Method, create_method
 from .recipe import Recipe
 
@@ -61,11 +61,15 @@ class Trainer:
         misaligned_truth: with ``data``, train on ``<phase>.nii.gz`` even where an aligned
             ``<phase>_aligned.nii.gz`` exists (004's misalignment study); validation always
             uses the aligned truth.
+        unpaired: (NCCT volumes, contrast-enhanced volumes) of different patients: train on
+            :class:`~vcesdk.training.data.UnpairedVolumes` (no validation: there is no
+            truth); for methods that need no pairs (004's stage 1, CycleGAN).
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True,
                  progress: bool = True, data: str | os.PathLike | None = None,
-                 misaligned_truth: bool = False) -> None:
+                 misaligned_truth: bool = False,
+                 unpaired: tuple[Sequence, Sequence] | None = None) -> None:
         self.recipe = recipe
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,11 @@ class Trainer:
                       shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"],
                       target=recipe.model_io.get("target", "image"))
         seed0 = int(d.get("seed", 0))
-        if data is not None:  # a dataset folder: the last n_val patients validate
+        if unpaired is not None:
+            self.train_data = UnpairedVolumes(unpaired[0], unpaired[1], self.windows,
+                                              self.output_hu, d["spacing_mm"])
+            self.val_data = None
+        elif data is not None:  # a dataset folder: the last n_val patients validate
             names = dataset_patients(data, recipe.phase)
             n_val = min(int(d["n_val"]), max(0, len(names) - 1))
             if len(names) < 2:
@@ -156,6 +164,8 @@ class Trainer:
         the network's size multiple)."""
         from vcesdk.stitch import sliding_window
 
+        if self.val_data is None:  # unpaired real scans: no truth to validate against
+            return {}
         g = self.method.network("generator").eval()
         mult = g.size_multiple() if hasattr(g, "size_multiple") else (1, 1, 1)
         inf = self.recipe.inference
