@@ -147,6 +147,17 @@ def test_mangan_small_trains_exports_and_writes_the_subtraction_map(tmp_path, lu
     aorta = sub.hu[case.labels == lab["aorta"]].mean()
     fat = sub.hu[case.labels == lab["fat"]].mean()
     assert aorta > fat + 3.0
+    # the evaluation scores the subtraction map against the real one (000's Table 2)
+    from vcesdk.training.datacli import main as data_main
+    from vcesdk.training.evaluate import evaluate
+
+    held = tmp_path / "held"
+    assert data_main(["phantoms", "--out", str(held), "--patients", "1", "--phases", "ncct,pvp",
+                      "--seed", "9000", "--size", "96", "96", "16", "--spacing", "4", "2", "2",
+                      "--no-dicom", "--jobs", "1"]) == 0
+    rep = json.loads((evaluate([path], held, tmp_path / "rep") / "report.json").read_text())
+    sub = rep["phases"]["pvp"]["subtraction"][bundle.name]
+    assert 0.0 < sub["mae_hu"]["mean"] < 200.0 and sub["psnr"]["mean"] > 10.0
 
 
 def test_bundle_auxiliary_outputs_are_validated():

@@ -11,6 +11,10 @@ DIR is a dataset in the layout of ``vcesdk-data`` (``<patient>/ncct.nii.gz``,
 ``<patient>/labels.nii.gz`` optional) or the user layout of :mod:`vcesdk.training.store`. Each
 bundle synthesizes its phase from every NCCT; the NCCT itself is the identity baseline.
 
+Bundles with a "subtraction" auxiliary output (MAN-GAN, 000) also get their predicted
+subtraction map scored against the real one (truth - NCCT): ``report.json`` phase entry
+``subtraction``: {model: psnr / ssim / ms_ssim / mae_hu}.
+
 Writes (atomically) ``report.json``: per phase, ``ncct_identity`` and each model carry
 ``psnr``, ``ssim``, ``ms_ssim``, ``mae_hu`` as ``{"mean", "sd"}`` plus per-lesion-type MAE;
 ``report.md``: one table per phase (mean +/- SD, as the seeds' tables) and lesion rows;
@@ -44,6 +48,9 @@ DEFAULT_WINDOW = (60.0, 500.0)  # 000_dfb6c11774226ce2.txt: L 60 / W 500 -> [0, 
 def _truth(pdir: Path, phase: str) -> Path | None:
     aligned = pdir / f"{phase}_aligned.nii.gz"
     return aligned if aligned.is_file() else find_phase(pdir, phase)
+
+
+SUBTRACTION_WINDOW = (0.0, 1000.0)  # subtraction maps -500..+500 HU -> 0..255 for PSNR
 
 
 def _summary(values: list[dict]) -> dict:
@@ -140,6 +147,7 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
         for phase in sorted({s.bundle.phase for s in syns}):
             models = [s for s in syns if s.bundle.phase == phase]
             rows: dict[str, list[dict]] = {"ncct_identity": []}
+            sub_rows: dict[str, list[dict]] = {}  # models with a "subtraction" output (000)
             lesion_rows: dict[str, dict[str, list[float]]] = {}
             hist: dict[str, list[np.ndarray]] = {"NCCT": [], f"{phase.upper()} (truth)": []}
             cases = []
@@ -164,6 +172,10 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                     preds[s.bundle.name] = pred
                     rows.setdefault(s.bundle.name, []).append(
                         image_metrics(pred, truth.hu, level, width, body))
+                    if "subtraction" in s.last_auxiliary:  # vs the real subtraction image
+                        sub_rows.setdefault(s.bundle.name, []).append(image_metrics(
+                            s.last_auxiliary["subtraction"].hu, truth.hu - ncct.hu,
+                            *SUBTRACTION_WINDOW, body))
                 if labels is not None:
                     for kind in LESIONS:
                         m = labels == LABEL_OF[kind]
@@ -195,6 +207,8 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                                  for k, per in lesion_rows.items()}}
             for name, summ in entry["models"].items():
                 entry[name] = summ
+            if sub_rows:
+                entry["subtraction"] = {n: _summary(v) for n, v in sub_rows.items()}
             report["phases"][phase] = entry
             _histogram_png({k: np.concatenate(v) for k, v in hist.items()},
                            tmp / f"histogram_{phase}.png")
@@ -215,6 +229,12 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                              f"(n={per[n]['n']})" if n in per else "-"
                              for n in ["ncct_identity", *entry["models"]]]
                     md.append(f"| {kind} | " + " | ".join(cells) + " |")
+            for name, summ in entry.get("subtraction", {}).items():
+                md += ["", f"Predicted subtraction map of {name} vs the real one (truth - NCCT; "
+                           f"PSNR on -500..500 HU -> 0..255, as 000's Table 2): PSNR "
+                           f"{summ['psnr']['mean']:.1f} +/- {summ['psnr']['sd']:.1f} dB, SSIM "
+                           f"{summ['ssim']['mean']:.3f}, MAE {summ['mae_hu']['mean']:.1f} +/- "
+                           f"{summ['mae_hu']['sd']:.1f} HU"]
             md += ["", f"![examples](example_{phase}_{models[0].bundle.name}.png)",
                    f"![histograms](histogram_{phase}.png)", ""]
         if not report["phases"]:

@@ -72,7 +72,9 @@ def ms_ssim(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0) -> 
 
     side = min(np.shape(pred)[-2:])
     scales = 0
-    while scales < len(MS_SSIM_BETAS) and side > (SSIM_KERNEL - 1) * 2 ** scales:
+    # torchmetrics also needs side // max(1, n_scales - 1) ** 2 > kernel - 1
+    while (scales < len(MS_SSIM_BETAS) and side > (SSIM_KERNEL - 1) * 2 ** scales
+           and side // max(1, scales) ** 2 > SSIM_KERNEL - 1):
         scales += 1
     if scales == 0:
         raise ValueError(f"image of {side} px is too small for MS-SSIM (needs > 10 px)")
