@@ -75,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
                 report["volumes"][name] = {
                     "network": net, "input": str(path), "png": png.name,
                     "before": dataclasses.asdict(before), "after": dataclasses.asdict(after),
-                    "mean_change_hu": float((res.hu - vol.hu).mean())}
+                    "mean_change_hu": float((res.hu - vol.hu).mean()),
+                    # what happens to tissues that contrast does not change much: fat, and
+                    # to the body as a whole (masks from the input's HU)
+                    **{f"{t}_hu": {"before": float(vol.hu[m].mean()),
+                                   "after": float(res.hu[m].mean())}
+                       for t, m in (("fat", (vol.hu > -150) & (vol.hu < -50)),
+                                    ("soft_tissue", (vol.hu > 0) & (vol.hu < 100)))}}
                 print(f"{net} on {name}: blood pool {before.blood_pool_hu} -> "
                       f"{after.blood_pool_hu} HU, enhanced {before.enhanced} -> "
-                      f"{after.enhanced}; {png.name}")
+                      f"{after.enhanced}; fat {report['volumes'][name]['fat_hu']['before']:.0f}"
+                      f" -> {report['volumes'][name]['fat_hu']['after']:.0f} HU, soft tissue "
+                      f"{report['volumes'][name]['soft_tissue_hu']['before']:.0f} -> "
+                      f"{report['volumes'][name]['soft_tissue_hu']['after']:.0f} HU; {png.name}")
         (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
