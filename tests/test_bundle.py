@@ -105,4 +105,7 @@ def test_info_command_reports_bundle_and_kernel():
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["phase"] == "pvp" and info["demo"] is True
+    # the demo predicts the enhancement (+/-500 HU) added to the input, no auxiliary output
+    assert info["outputs"] == {"image": {"channel": 0, "hu_range": [-500.0, 500.0],
+                                         "compose": "add_residual"}}
     assert info["native_kernel"]["native"] is True and info["native_kernel"]["openmp"] is True

@@ -318,6 +318,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     m = b.manifest
     print(json.dumps({"bundle": str(b.path), "name": b.name, "phase": b.phase,
                       "method": m["method"], "demo": m.get("demo", False),
+                      "outputs": {"image": {"channel": b.output_channel,
+                                            "hu_range": list(b.output_hu),
+                                            "compose": b.compose},
+                                  **{a.name: {"channel": a.channel, "hu_range": list(a.hu_range),
+                                              "description": a.description}
+                                     for a in b.auxiliary}},
                       "files": {k: {kk: vv for kk, vv in v.items() if kk != "sha256"}
                                 for k, v in m["files"].items()},
                       "native_kernel": build_info()}, indent=2))
