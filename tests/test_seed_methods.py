@@ -423,3 +423,10 @@ def test_unpaired_volumes_feed_stage_one_without_pairs(tmp_path):
     assert (y > -0.9).mean() > 0.3
     history = trainer.fit()
     assert len(history) == 2 and "val_mae_hu" not in history[-1]
+
+
+def test_staged_methods_refuse_ddp_with_a_clear_error():
+    for name in ("mangan_small", "two_stage_small", "dual_path_small", "dyefreenet_small",
+                 "cyclegan_small"):
+        with pytest.raises(ValueError, match="does not run under torchrun/DDP"):
+            create_method(_short(name, 1)).wrap_ddp()

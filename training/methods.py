@@ -83,11 +83,24 @@ class Method(nn.Module, abc.ABC):
         return {}
 
     NETWORKS: tuple[str, ...] = ("generator", "discriminator")
+    # DDP needs every network run once per backward with all its parameters used: true of the
+    # one-generator-pass methods; the staged / cyclic ones (several passes of one network per
+    # step, stages that leave parameters unused) train in one process
+    SUPPORTS_DDP = False
 
     def wrap_ddp(self) -> None:
         """Wrap each network in DistributedDataParallel (the process group must exist); the
-        optimisers keep working on the same parameters. Gradients are averaged over ranks."""
+        optimisers keep working on the same parameters. Gradients are averaged over ranks.
+
+        Raises:
+            ValueError: the method does not support DDP (:attr:`SUPPORTS_DDP`).
+        """
         from torch.nn.parallel import DistributedDataParallel
+
+        if not self.SUPPORTS_DDP:
+            raise ValueError(f"method {self.name!r} does not run under torchrun/DDP (several "
+                             f"passes of a network per step or staged training); train it in "
+                             f"one process")
 
         for name in self.NETWORKS:
             net = getattr(self, name, None)
@@ -112,6 +125,8 @@ class Pix2Pix3D(Method):
     the paper), learning rate x0.1 every ``optim.decay_every`` steps (the paper: after epoch
     10 of 20); one-sided label smoothing (real label ``loss.real_label``, 0.9 here).
     """
+
+    SUPPORTS_DDP = True
 
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
@@ -165,6 +180,7 @@ class UNetL1(Method):
     Adam with the recipe's lr / betas, step decay as :class:`Pix2Pix3D`."""
 
     NETWORKS = ("generator",)
+    SUPPORTS_DDP = True
 
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
