@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vcesdk.intensity import channels_to_hu, windows_from_manifest
+from vcesdk.intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu, windows_from_manifest
 
 from .data import DatasetPairs, PhantomPairs, UnpairedVolumes, dataset_patients
 from .methods import Method, create_method
@@ -183,8 +183,9 @@ class Trainer:
             pred = channels_to_hu(out[0], self.output_hu)
             target = case.phases[self.recipe.phase][:, :H, :W]
             ncct = case.phases["ncct"][:, :H, :W]
-            if self.val_data.target == "residual":
-                pred = pred + ncct
+            if inf.get("compose", "replace") in ADDITIVE_COMPOSE:  # as the runtime composes
+                pred = ncct + enhancement_hu(pred, ncct, inf["compose"], self.output_hu,
+                                             inf.get("difference_floor_hu"))
             mae_model.append(float(np.abs(pred - target).mean()))
             mae_ident.append(float(np.abs(ncct - target).mean()))
         g.train()

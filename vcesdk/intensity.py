@@ -100,3 +100,36 @@ def hu_to_output(hu: np.ndarray, hu_range: Sequence[float]) -> np.ndarray:
     lo, hi = float(hu_range[0]), float(hu_range[1])
     v = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0
     return np.clip(v, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+ADDITIVE_COMPOSE = ("add_difference", "add_residual")
+
+
+def enhancement_hu(pred_hu: np.ndarray, input_hu: np.ndarray, compose: str,
+                   hu_range: Sequence[float], floor_hu: float | None = None) -> np.ndarray:
+    """The HU a model adds to its input under an additive compose mode (bundle
+    ``output.compose``), on the model grid; the caller adds it to the input.
+
+    Args:
+        pred_hu: float32 (D, H, W) model output in HU (channel 0 through ``hu_range``).
+        input_hu: float32 (D, H, W) the input on the same grid, HU.
+        compose: "add_residual" (the output is the enhancement itself) or "add_difference"
+            (the output is the phase image in its window: enhancement = output - input clipped
+            to the window, so HU outside the window come from the input).
+        hu_range: the output's (lo, hi) HU.
+        floor_hu: lower bound of the enhancement (0: iodine only raises attenuation), or None.
+
+    Returns:
+        float32 (D, H, W) enhancement, HU.
+
+    Raises:
+        ValueError: a compose mode that is not additive.
+    """
+    if compose not in ADDITIVE_COMPOSE:
+        raise ValueError(f"compose {compose!r} is not additive ({ADDITIVE_COMPOSE})")
+    lo, hi = hu_range
+    delta = (pred_hu - np.clip(input_hu, lo, hi) if compose == "add_difference"
+             else np.array(pred_hu, dtype=np.float32, copy=True))
+    if floor_hu is not None:
+        np.maximum(delta, np.float32(floor_hu), out=delta)
+    return delta.astype(np.float32, copy=False)

@@ -24,7 +24,7 @@ from .errors import (
     ObliqueVolumeError,
     ProviderError,
 )
-from .intensity import channels_to_hu, hu_to_channels
+from .intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu, hu_to_channels
 from .stitch import sliding_window, window_grid
 from .volume import (
     CTVolume,
@@ -448,11 +448,8 @@ class Synthesizer:
         t_stitch = time.perf_counter()
         pred = channels_to_hu(stitched[b.output_channel, :shape[0], :shape[1], :shape[2]],
                               b.output_hu)
-        lo, hi = b.output_hu
-        if b.compose in ("add_difference", "add_residual"):
-            delta = pred - np.clip(work.hu, lo, hi) if b.compose == "add_difference" else pred
-            if b.difference_floor_hu is not None:
-                np.maximum(delta, np.float32(b.difference_floor_hu), out=delta)
+        if b.compose in ADDITIVE_COMPOSE:
+            delta = enhancement_hu(pred, work.hu, b.compose, b.output_hu, b.difference_floor_hu)
             out = vol.hu + self._to_input_grid(work.with_hu(delta), vol, 0.0)
         else:
             out = self._to_input_grid(work.with_hu(pred), vol, b.pad_hu)
