@@ -119,3 +119,31 @@ def test_training_loss_falls_and_output_moves_to_target(tmp_path):
     assert resumed.step == 60
     resumed.fit()
     assert load_checkpoint(tmp_path / "run")["step"] == 65
+
+
+def test_window_target_trains_the_papers_three_channel_output(tmp_path):
+    """003: pix2pix3D predicts the CECT under the three input windows and keeps the first
+    (W 2000 / L 0 = [-1000, 1000] HU); pix2pix3d.yaml uses target "windows"."""
+    from vcesdk.intensity import hu_to_channels
+    from vcesdk.training.recipe import builtin_recipe, load_recipe
+
+    full = load_recipe(builtin_recipe("pix2pix3d"))
+    assert full.model_io["target"] == "windows"
+    assert full.generator["config"]["out_channels"] == 3
+    assert full.discriminator["config"]["in_channels"] == 6
+    r = tiny_recipe(2)
+    r = dataclasses.replace(
+        r, generator={**r.generator, "config": {**r.generator["config"], "out_channels": 3}},
+        discriminator={**r.discriminator, "config": {**r.discriminator["config"],
+                                                     "in_channels": 6}},
+        model_io={**r.model_io, "target": "windows", "hu_range": [-1000, 1000]},
+        inference={**r.inference, "compose": "replace"})
+    trainer = Trainer(r, tmp_path / "run", progress=False)
+    case = trainer.train_data.cases[0]
+    np.testing.assert_allclose(trainer.train_data.y[0],
+                               hu_to_channels(case.phases["pvp"], trainer.windows))
+    history = trainer.fit()
+    assert len(history) == 2 and np.isfinite(history[-1]["val_mae_hu"])
+    bad = dataclasses.replace(r, model_io={**r.model_io, "hu_range": [-500, 500]})
+    with pytest.raises(ValueError, match="channel 0"):
+        Trainer(bad, tmp_path / "bad", progress=False)

@@ -11,6 +11,12 @@ from vcesdk.intensity import Window, hu_to_channels, hu_to_output
 from .phantom import make_phantom
 
 
+# what a model is trained to output: "image" = the phase in HU over model_io.hu_range (one
+# channel); "residual" = phase - NCCT; "windows" = the phase under each input window (003:
+# pix2pix3D predicts the three windows and keeps the first, [-1000, 1000] HU)
+TARGETS = ("image", "residual", "windows")
+
+
 class PhantomPairs:
     """A fixed set of phantom patients and random aligned crops from them.
 
@@ -19,11 +25,13 @@ class PhantomPairs:
         phase: target phase ("pvp").
         windows: input windows (model channels).
         output_hu: (lo, hi) HU mapped to the output range [-1, 1].
-        target: "image" (the contrast phase in HU) or "residual" (contrast phase - NCCT, HU).
+        target: "image" (the contrast phase in HU), "residual" (contrast phase - NCCT, HU) or
+            "windows" (the phase under each input window; channel 0 is read as HU).
         shape, spacing_mm, noise_hu: phantom settings (see :func:`make_phantom`); each patient
             gets noise_hu scaled by a factor drawn from [0.5, 1.5] (scanners and doses differ).
 
-    Items are float32 ``x`` (C, d, h, w) and ``y`` (1, d, h, w) in [-1, 1].
+    Items are float32 ``x`` (C, d, h, w) and ``y`` (1, d, h, w) in [-1, 1] (C channels for
+    target "windows").
     """
 
     def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
@@ -37,15 +45,25 @@ class PhantomPairs:
 
     def _setup(self, cases: Sequence, phase: str, windows: Sequence[Window],
                output_hu: Sequence[float], target: str) -> None:
-        if target not in ("image", "residual"):
-            raise ValueError(f"target must be 'image' or 'residual', got {target!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if target == "windows":
+            w = windows[0]
+            if (w.level - w.width / 2, w.level + w.width / 2) != tuple(map(float, output_hu)):
+                raise ValueError(f"target 'windows' reads HU from output channel 0, the first "
+                                 f"window: hu_range must be its range "
+                                 f"[{w.level - w.width / 2:g}, {w.level + w.width / 2:g}], got "
+                                 f"{list(output_hu)}")
         self.cases = list(cases)
         self.phase = phase
         self.x = [hu_to_channels(c.phases["ncct"], windows) for c in self.cases]
         self.target = target
-        self.y = [hu_to_output(c.phases[phase] - (c.phases["ncct"] if target == "residual"
-                                                  else 0.0), output_hu)[None]
-                  for c in self.cases]
+        if target == "windows":
+            self.y = [hu_to_channels(c.phases[phase], windows) for c in self.cases]
+        else:
+            self.y = [hu_to_output(c.phases[phase] - (c.phases["ncct"] if target == "residual"
+                                                      else 0.0), output_hu)[None]
+                      for c in self.cases]
 
     def __len__(self) -> int:
         return len(self.cases)
