@@ -124,8 +124,9 @@ def test_training_loss_falls_and_output_moves_to_target(tmp_path):
 def test_window_target_trains_the_papers_three_channel_output(tmp_path):
     """003: pix2pix3D predicts the CECT under the three input windows and keeps the first
     (W 2000 / L 0 = [-1000, 1000] HU); pix2pix3d.yaml uses target "windows"."""
-    from vcesdk.intensity import hu_to_channels
     from vcesdk.training.recipe import builtin_recipe, load_recipe
+
+    from vcesdk.intensity import hu_to_channels
 
     full = load_recipe(builtin_recipe("pix2pix3d"))
     assert full.model_io["target"] == "windows"

@@ -10,7 +10,6 @@ from vcesdk.intensity import Window, hu_to_channels, hu_to_output
 
 from .phantom import make_phantom
 
-
 # what a model is trained to output: "image" = the phase in HU over model_io.hu_range (one
 # channel); "residual" = phase - NCCT; "windows" = the phase under each input window (003:
 # pix2pix3D predicts the three windows and keeps the first, [-1000, 1000] HU)
