@@ -16,11 +16,7 @@ decay=${DECAY:-1500}
 phases=${PHASES:-"ap pvp dp"}
 recipes=${RECIPES:-"unet_l1_small pix2pix2d_small pix2pix25d_small pix2pix3d_small cyclegan_small"}
 here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$work/runs"
-[ -d "$work/train" ] || vcesdk-data phantoms --out "$work/train" --patients 20 \
-    --phases ncct,ap,pvp,dp --seed 0 --size 160 160 32 --spacing 4 2 2 --no-dicom
-[ -d "$work/heldout" ] || vcesdk-data phantoms --out "$work/heldout" --patients 8 \
-    --phases ncct,ap,pvp,dp --seed 9000 --size 160 160 32 --spacing 4 2 2 --no-dicom
+. "$here/benchmarks/phantom_sets.sh"
 models=()
 for phase in $phases; do
   for recipe in $recipes; do

@@ -18,11 +18,7 @@ work=${1:-runs/heldout_baselines}
 phases=${PHASES:-pvp}
 threads=${THREADS:-0}
 here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$work/runs"
-[ -d "$work/train" ] || vcesdk-data phantoms --out "$work/train" --patients 20 \
-    --phases ncct,ap,pvp,dp --seed 0 --size 160 160 32 --spacing 4 2 2 --no-dicom
-[ -d "$work/heldout" ] || vcesdk-data phantoms --out "$work/heldout" --patients 8 \
-    --phases ncct,ap,pvp,dp --seed 9000 --size 160 160 32 --spacing 4 2 2 --no-dicom
+. "$here/benchmarks/phantom_sets.sh"
 
 train() {  # recipe phase data run [extra args...]
   local recipe=$1 phase=$2 data=$3 run=$4

@@ -11,7 +11,8 @@ Train first (stage 1 needs no pairs; stage 2 needs only the CECT and stage 1's o
         --max-steps 1500 --set loss.pretrain_steps=200 --set loss.stage1_steps=700 \\
         --set "data.crop=[3, 64, 64]"   # the cropped chest CTA is 94 x 90 px at 2 mm
 
-then ``python benchmarks/two_stage_real_ct.py runs/two_stage_real --out runs/two_stage_real_report``.
+then ``python benchmarks/two_stage_real_ct.py runs/two_stage_real --out
+runs/two_stage_real_report``.
 
 Each generator is exported to a temporary bundle (ONNX, parity checked) and run by
 ``vcesdk.Synthesizer`` on whole volumes; the contrast guard's blood-pool estimate

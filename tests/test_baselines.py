@@ -1,5 +1,5 @@
-"""Baselines (#4): U-Net with L1 only, pix2pix 2D, 2.5D and 3D train from their small recipes on 2 CPU
-cores: the loss falls and the output moves toward the target."""
+"""Baselines (#4): U-Net with L1 only, pix2pix 2D, 2.5D and 3D train from their small recipes
+on 2 CPU cores: the loss falls and the output moves toward the target."""
 from __future__ import annotations
 
 import dataclasses

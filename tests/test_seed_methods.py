@@ -26,6 +26,21 @@ def _short(name: str, steps: int, **train):
         optim={**r.optim, "lr": 2e-3, "decay_every": 0})
 
 
+def _export_checked(tmp_path, lung1_path):
+    """Export tmp_path/run to tmp_path/bundle (parity on real CT); the ONNX export must match
+    eager PyTorch within 0.5 HU. Returns (bundle path, manifest)."""
+    from vcesdk.export import export_bundle
+    from vcesdk.training.trainer import load_checkpoint
+
+    from vcesdk import read_volume
+
+    path = export_bundle(load_checkpoint(tmp_path / "run"), tmp_path / "bundle",
+                         read_volume(lung1_path))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"]["parity"]["max_abs_hu"] < 0.5
+    return path, manifest
+
+
 def _center(conv: torch.nn.Conv2d, weights: list[float], bias: float) -> None:
     """A 3x3 conv that multiplies input channel i by weights[i] at the centre tap only."""
     with torch.no_grad():
@@ -107,10 +122,7 @@ def test_mangan_refuses_a_recipe_with_another_output_window():
 
 @pytest.mark.slow
 def test_mangan_small_trains_exports_and_writes_the_subtraction_map(tmp_path, lung1_path):
-    from vcesdk.export import export_bundle
-    from vcesdk.training.trainer import load_checkpoint
-
-    from vcesdk import CTVolume, Synthesizer, load_bundle, read_volume
+    from vcesdk import CTVolume, Synthesizer, load_bundle
 
     torch.set_num_threads(2)
     trainer = Trainer(_short("mangan_small", 60), tmp_path / "run", progress=False)
@@ -124,12 +136,9 @@ def test_mangan_small_trains_exports_and_writes_the_subtraction_map(tmp_path, lu
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert {"generator", "discriminator", "backward_generator"} <= set(ckpt)
 
-    path = export_bundle(load_checkpoint(tmp_path / "run"), tmp_path / "bundle",
-                         read_volume(lung1_path))
-    manifest = json.loads((path / "manifest.json").read_text())
+    path, manifest = _export_checked(tmp_path, lung1_path)
     assert manifest["output"]["channels"] == 2
     assert manifest["output"]["auxiliary"][0]["name"] == "subtraction"
-    assert manifest["files"]["model.onnx"]["parity"]["max_abs_hu"] < 0.5
     bundle = load_bundle(path)
     assert bundle.auxiliary[0].channel == 1 and bundle.auxiliary[0].hu_range == (-500, 500)
     syn = Synthesizer(bundle, contrast_guard="off")
@@ -249,10 +258,7 @@ def test_two_stage_variants_run_each_stage():
 
 @pytest.mark.slow
 def test_two_stage_small_trains_and_exports(tmp_path, lung1_path):
-    from vcesdk.export import export_bundle
-    from vcesdk.training.trainer import load_checkpoint
-
-    from vcesdk import CTVolume, Synthesizer, read_volume
+    from vcesdk import CTVolume, Synthesizer
 
     torch.set_num_threads(2)
     r = _short("two_stage_small", 70)
@@ -269,10 +275,7 @@ def test_two_stage_small_trains_and_exports(tmp_path, lung1_path):
     assert after["val_mae_hu"] < before["val_mae_hu"]
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert {"backward_generator", "discriminator", "perceptual"} <= set(ckpt)
-    path = export_bundle(load_checkpoint(tmp_path / "run"), tmp_path / "bundle",
-                         read_volume(lung1_path))
-    manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["files"]["model.onnx"]["parity"]["max_abs_hu"] < 0.5
+    path, _ = _export_checked(tmp_path, lung1_path)
     vol = CTVolume(trainer.val_data.cases[0].phases["ncct"], spacing_mm=(4.0, 2.0, 2.0))
     out = Synthesizer(path, contrast_guard="off").synthesize(vol)
     assert out.shape == vol.shape and np.isfinite(out.hu).all()
@@ -345,9 +348,6 @@ def test_hr_generator_encoder_is_dense():
                                           ("dyefreenet_small", {"loss.pretrain_steps": 10,
                                                                 "loss.primary_steps": 20})])
 def test_hr_gans_pretrain_train_and_export(name, stages, tmp_path, lung1_path):
-    from vcesdk.export import export_bundle
-    from vcesdk.training.trainer import load_checkpoint
-
     from vcesdk import Synthesizer, read_volume
 
     torch.set_num_threads(2)
@@ -368,10 +368,7 @@ def test_hr_gans_pretrain_train_and_export(name, stages, tmp_path, lung1_path):
     assert first[-5:].mean() < 0.8 * first[:5].mean()
     # and the trained model (DyeFreeNet: the whole cascade) beats the untrained one
     assert trainer.validate()["val_mae_hu"] < before["val_mae_hu"]
-    path = export_bundle(load_checkpoint(tmp_path / "run"), tmp_path / "bundle",
-                         read_volume(lung1_path))
-    manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["files"]["model.onnx"]["parity"]["max_abs_hu"] < 0.5
+    path, _ = _export_checked(tmp_path, lung1_path)
     vol = read_volume(lung1_path)
     out = Synthesizer(path, contrast_guard="off").synthesize(vol)
     assert out.shape == vol.shape and np.isfinite(out.hu).all()

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from vcesdk.bundle import PHASES
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcesdk-train", description=__doc__.split("\n\n")[1])
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--unpaired-cect", nargs="+", default=None, metavar="CT",
                    help="contrast-enhanced volumes of other patients, for --unpaired-ncct")
     p.add_argument("--max-steps", type=int, default=None, help="override train.steps")
-    p.add_argument("--phase", default=None, choices=("ap", "pvp", "dp"),
+    p.add_argument("--phase", default=None, choices=PHASES,
                    help="override the recipe's target phase (the name's phase suffix follows)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set optim.decay_every=1500 "

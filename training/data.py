@@ -187,9 +187,6 @@ class UnpairedVolumes:
         self.cases: list = []
         self.min_body = float(min_body_fraction)
 
-    def __len__(self) -> int:
-        return len(self.x) + len(self.y)
-
     def _crop(self, rng: np.random.Generator, arrays: list, hus: list, crop: Sequence[int]
               ) -> np.ndarray:
         from vcesdk.errors import InputError

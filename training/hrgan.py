@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.nn import functional as tf
 
-from .methods import Method, register_method
+from .methods import Method, adam_with_decay, freeze, register_method
 from .networks import create_discriminator, create_generator, register_generator
 from .recipe import Recipe
-from .slicewise import SliceWise, slice_stacks
+from .slicewise import SliceWise, slice_stacks, unstack_slices
 
 INTENSITY_LEVELS = (0.5, 1.0, 1.5, 2.0)   # alpha of the pretext task, classes 0..3 (001, 002)
 PATH_WEIGHTS = (0.6, 0.4)                 # global, local path (001, Eq. 4)
@@ -154,10 +154,9 @@ class DyeFreeNet(nn.Module):
     def refined(self, coarse: torch.Tensor) -> torch.Tensor:
         """The refinement GAN's full-resolution output from a primary output."""
         r = self.refine(coarse)
-        b, c, d, h, w = r.shape
         up = tf.interpolate(slice_stacks(r, 0), scale_factor=2.0, mode="bilinear",
                             align_corners=False)
-        return self.upsample(up).reshape(b, d, -1, 2 * h, 2 * w).permute(0, 2, 1, 3, 4)
+        return unstack_slices(self.upsample(up), r.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.refined(self.coarse(x))
@@ -165,10 +164,10 @@ class DyeFreeNet(nn.Module):
 
 def halve(v: torch.Tensor) -> torch.Tensor:
     """(B, C, d, h, w) -> (B, C, d, h/2, w/2), bilinear in-plane."""
-    b, c, d, h, w = v.shape
+    h, w = v.shape[-2:]
     s = tf.interpolate(slice_stacks(v, 0), size=(h // 2, w // 2), mode="bilinear",
                        align_corners=False)
-    return s.reshape(b, d, c, h // 2, w // 2).permute(0, 2, 1, 3, 4)
+    return unstack_slices(s, v.shape[0])
 
 
 def intensity_pretext(x: torch.Tensor, generator: torch.Generator | None = None
@@ -245,13 +244,6 @@ class _HRGanBase(Method):
                                       lr=float(loss.get("pretrain_lr", 1e-4)))
         self.rng = torch.Generator().manual_seed(int(recipe.train.get("seed", 0)))
 
-    @staticmethod
-    def _adam(params, lr: float, optim: dict) -> tuple:
-        opt = torch.optim.Adam(params, lr=lr, betas=tuple(optim.get("betas", (0.5, 0.999))),
-                               weight_decay=float(optim.get("weight_decay", 5e-4)))
-        every = int(optim.get("decay_every", 0)) or 10**9
-        return opt, torch.optim.lr_scheduler.StepLR(opt, every, optim.get("decay_factor", 0.1))
-
     def pretrain_step(self, x: torch.Tensor) -> dict[str, float]:
         """One step of the intensity pretext task on NCCT slices (with their neighbours)."""
         self.perceptual.train()
@@ -272,9 +264,7 @@ class _HRGanBase(Method):
     def freeze_perceptual(self) -> None:
         """After pretraining the perceptual network is fixed (eval mode, no gradients); called
         every step so that resumed runs are frozen too."""
-        self.perceptual.eval()
-        for p in self.perceptual.parameters():
-            p.requires_grad_(False)
+        freeze(self.perceptual)
 
     def perceptual_loss(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Mean squared difference of the frozen pretrained encoder's block features."""
@@ -312,9 +302,9 @@ class DualPath(_HRGanBase):
     def __init__(self, recipe: Recipe) -> None:
         super().__init__(recipe, mse_weight=1.0, perceptual_blocks=slice(1, None))
         o = recipe.optim
-        self.opt_g, self.sched_g = self._adam(self.generator.parameters(), float(o["lr"]), o)
-        self.opt_d, self.sched_d = self._adam(self.discriminator.parameters(),
-                                              float(o.get("lr_d", o["lr"])), o)
+        self.opt_g, self.sched_g = adam_with_decay(self.generator.parameters(), o)
+        self.opt_d, self.sched_d = adam_with_decay(self.discriminator.parameters(), o,
+                                                   lr=o.get("lr_d"))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d, "opt_p": self.opt_p}
@@ -373,14 +363,12 @@ class DyeFreeNetMethod(_HRGanBase):
         self.discriminator_x = create_discriminator(recipe.discriminator["name"],
                                                     recipe.discriminator["config"])
         g = self.generator
-        self.opt_g1, self.sched_g1 = self._adam(g.primary.parameters(), float(o["lr"]), o)
-        self.opt_g2, self.sched_g2 = self._adam(
-            [*g.refine.parameters(), *g.upsample.parameters()],
-            float(o.get("lr_refine", o["lr"])), o)
-        self.opt_d1, self.sched_d1 = self._adam(self.discriminator_x.parameters(),
-                                                float(o["lr"]), o)
-        self.opt_d2, self.sched_d2 = self._adam(self.discriminator.parameters(),
-                                                float(o.get("lr_refine", o["lr"])), o)
+        self.opt_g1, self.sched_g1 = adam_with_decay(g.primary.parameters(), o)
+        self.opt_g2, self.sched_g2 = adam_with_decay(
+            [*g.refine.parameters(), *g.upsample.parameters()], o, lr=o.get("lr_refine"))
+        self.opt_d1, self.sched_d1 = adam_with_decay(self.discriminator_x.parameters(), o)
+        self.opt_d2, self.sched_d2 = adam_with_decay(self.discriminator.parameters(), o,
+                                                     lr=o.get("lr_refine"))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g1": self.opt_g1, "opt_g2": self.opt_g2, "opt_d1": self.opt_d1,

@@ -34,7 +34,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .methods import Method, adam_with_decay, register_method, require_same_window
+from .methods import (
+    Method,
+    adam_with_decay,
+    conditional_d_loss,
+    conditional_g_gan,
+    register_method,
+    require_same_window,
+)
 from .networks import create_discriminator, create_generator, register_generator
 from .recipe import Recipe
 from .slicewise import SliceWise
@@ -241,7 +248,6 @@ class ManGan(Method):
         self.w_mask = float(loss.get("mask_weight", 100.0))
         self.w_cycle = float(loss.get("cycle_weight", 10.0))
         self.w_gan = float(loss.get("gan_weight", 1.0))
-        self.bce = nn.BCEWithLogitsLoss()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
@@ -267,15 +273,11 @@ class ManGan(Method):
         terms = self.losses(x, y)
         fake = terms["fake"]
         self.opt_d.zero_grad(set_to_none=True)
-        d_real = self.discriminator(torch.cat([x, y], 1))
-        d_fake = self.discriminator(torch.cat([x, fake.detach()], 1))
-        loss_d = 0.5 * (self.bce(d_real, torch.ones_like(d_real))
-                        + self.bce(d_fake, torch.zeros_like(d_fake)))
+        loss_d = conditional_d_loss(self.discriminator, x, y, fake)
         loss_d.backward()
         self.opt_d.step()
         self.opt_g.zero_grad(set_to_none=True)
-        d_fake = self.discriminator(torch.cat([x, fake], 1))
-        gan = self.bce(d_fake, torch.ones_like(d_fake))
+        gan = conditional_g_gan(self.discriminator, x, fake)
         loss_g = (self.w_gan * gan + self.w_rec * terms["rec"] + self.w_mask * terms["mask"]
                   + self.w_cycle * terms["cycle"])
         loss_g.backward()

@@ -36,14 +36,42 @@ def create_method(recipe: Recipe) -> "Method":
     return _METHODS[recipe.method](recipe)
 
 
-def adam_with_decay(params, optim: dict, default_betas: tuple[float, float] = (0.5, 0.999)
+def adam_with_decay(params, optim: dict, default_betas: tuple[float, float] = (0.5, 0.999),
+                    lr: float | None = None
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam with the recipe's lr / betas and its step decay (x ``decay_factor`` every
-    ``decay_every`` steps; never when 0), as every method here uses."""
-    opt = torch.optim.Adam(params, lr=optim["lr"],
-                           betas=tuple(optim.get("betas", default_betas)))
+    """Adam with the recipe's lr (or `lr`), betas and weight_decay (0 when absent) and its step
+    decay (x ``decay_factor`` every ``decay_every`` steps; never when 0), as every method here
+    uses."""
+    opt = torch.optim.Adam(params, lr=float(optim["lr"] if lr is None else lr),
+                           betas=tuple(optim.get("betas", default_betas)),
+                           weight_decay=float(optim.get("weight_decay", 0.0)))
     every = int(optim.get("decay_every", 0)) or 10**9
     return opt, torch.optim.lr_scheduler.StepLR(opt, every, optim.get("decay_factor", 0.1))
+
+
+def freeze(net: nn.Module) -> None:
+    """Eval mode and no gradients: a network trained earlier in the run (a perceptual-loss
+    network after its pretraining) that later steps only read."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+
+def conditional_d_loss(d: nn.Module, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
+                       real_label: float = 1.0) -> torch.Tensor:
+    """pix2pix discriminator loss on (input, output) pairs: 0.5 x (BCE(D(x, real), real_label)
+    + BCE(D(x, fake), 0)), the fake detached; logits in, BCE-with-logits."""
+    bce = nn.functional.binary_cross_entropy_with_logits
+    d_real = d(torch.cat([x, real], 1))
+    d_fake = d(torch.cat([x, fake.detach()], 1))
+    return 0.5 * (bce(d_real, torch.full_like(d_real, real_label))
+                  + bce(d_fake, torch.zeros_like(d_fake)))
+
+
+def conditional_g_gan(d: nn.Module, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """pix2pix generator adversarial term: BCE(D(x, fake), 1)."""
+    logits = d(torch.cat([x, fake], 1))
+    return nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
 def require_same_window(windows: Sequence[dict], hu_range: Sequence[float], who: str) -> None:
@@ -140,7 +168,6 @@ class Pix2Pix3D(Method):
         self.l1_weight = float(recipe.loss.get("l1_weight", 100.0))
         self.gan_weight = float(recipe.loss.get("gan_weight", 1.0))
         self.real_label = float(recipe.loss.get("real_label", 0.9))
-        self.bce = nn.BCEWithLogitsLoss()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
@@ -152,16 +179,12 @@ class Pix2Pix3D(Method):
         fake = self.generator(x)
         # discriminator: real pairs -> real_label (one-sided smoothing), fake pairs -> 0
         self.opt_d.zero_grad(set_to_none=True)
-        d_real = self.discriminator(torch.cat([x, y], 1))
-        d_fake = self.discriminator(torch.cat([x, fake.detach()], 1))
-        loss_d = 0.5 * (self.bce(d_real, torch.full_like(d_real, self.real_label))
-                        + self.bce(d_fake, torch.zeros_like(d_fake)))
+        loss_d = conditional_d_loss(self.discriminator, x, y, fake, self.real_label)
         loss_d.backward()
         self.opt_d.step()
         # generator: fool D + l1_weight x L1
         self.opt_g.zero_grad(set_to_none=True)
-        d_fake = self.discriminator(torch.cat([x, fake], 1))
-        loss_gan = self.bce(d_fake, torch.ones_like(d_fake))
+        loss_gan = conditional_g_gan(self.discriminator, x, fake)
         loss_l1 = (fake - y).abs().mean()
         loss_g = self.gan_weight * loss_gan + self.l1_weight * loss_l1
         loss_g.backward()

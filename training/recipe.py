@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-PHASES = ("ap", "pvp", "dp")  # contrast phases a recipe can target (arterial, portal venous,
-# delayed), as in the phantom (training/phantom.py) and the bundle manifest
+from vcesdk.bundle import PHASES  # the contrast phases a recipe (and its bundle) can target
+
 _SECTIONS = ("generator", "discriminator", "data", "model_io", "optim", "loss", "train",
              "inference")
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as tf
 
-from .methods import Method, adam_with_decay, register_method, require_same_window
+from .methods import Method, adam_with_decay, freeze, register_method, require_same_window
 from .networks import (
     create_discriminator,
     create_generator,
@@ -336,9 +336,7 @@ class TwoStage(Method):
         stage = self.stage()
         if stage == "pretrain":
             return self._pretrain(x, y)
-        self.perceptual.eval()
-        for p in self.perceptual.parameters():
-            p.requires_grad_(False)
+        freeze(self.perceptual)   # every step, so resumed runs are frozen too
         # the NCCT the adversarial terms see is another patient's (unpaired, as in stage 1)
         x_unpaired = x.roll(1, dims=0) if len(x) > 1 else x
         g_nc, g_cn, d = self.generator, self.backward_generator, self.discriminator
