@@ -37,18 +37,24 @@ setup(
         "vcesdk",
         "vcesdk.models",
         "vcesdk.models.demo_pvp",
+        "vcesdk.data",
         "vcesdk.training",
+        "vcesdk.training.methods",
         "vcesdk.training.recipes",
         "vcesdk.export",
     ],
     package_dir={
         "vcesdk": "vcesdk",
         "vcesdk.training": "training",
+        "vcesdk.training.methods": "training/methods",
         "vcesdk.training.recipes": "training/recipes",
         "vcesdk.export": "export",
     },
     package_data={
         "vcesdk.models.demo_pvp": ["manifest.json", "*.onnx", "*.pt"],
+        # the embedded sample CT (vcesdk.data): TotalSegmentator test files, Apache-2.0
+        "vcesdk.data": ["sample/*.nii.gz", "sample/*.json", "sample/LICENSE",
+                        "sample/ATTRIBUTION.md"],
         "vcesdk.training.recipes": ["*.yaml"],
     },
 )

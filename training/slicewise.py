@@ -14,6 +14,8 @@ import abc
 import torch
 from torch import nn
 
+from .networks import add_input, zero_last_conv
+
 
 def slice_stacks(x: torch.Tensor, context: int) -> torch.Tensor:
     """Each slice with its ``context`` neighbours on either side as channels.
@@ -50,10 +52,23 @@ class SliceWise(nn.Module, abc.ABC):
     """
 
     context: int = 0
+    residual: bool = False
+
+    def set_residual(self, residual: bool) -> None:
+        """Residual output (our option, declared in the recipe's generator config): channel 0
+        becomes the input's channel 0 (the centre slice of the first window, which must be the
+        output's window) plus :meth:`forward2d`'s channel 0; the last conv is zeroed, so the
+        network starts as the identity."""
+        self.residual = bool(residual)
+        if self.residual:
+            zero_last_conv(self)
 
     @abc.abstractmethod
     def forward2d(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C*(2*context+1), h, w) -> (N, C', h, w)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return unstack_slices(self.forward2d(slice_stacks(x, self.context)), x.shape[0])
+        out = unstack_slices(self.forward2d(slice_stacks(x, self.context)), x.shape[0])
+        if self.residual:
+            out = add_input(out, x)
+        return out

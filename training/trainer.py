@@ -1,8 +1,10 @@
-"""The training loop: one small module that drives any :class:`~.methods.Method`.
+"""The training loop: one small module that drives any :class:`~.methods.Method`, on the
+recipe's device (``train.device``: CUDA when available, else CPU) with its mixed precision
+(``train.amp``), under torchrun with DDP (NCCL on CUDA, gloo on CPU).
 
 Checkpoints hold the generator/discriminator/optimiser state, the step, the resolved recipe and
-the generator's registry name and config, as plain tensors, numbers and strings, so they load
-with ``torch.load(weights_only=True)``.
+the generator's registry name and config, as plain CPU tensors, numbers and strings, so they
+load with ``torch.load(weights_only=True)`` anywhere and resume on another device.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vcesdk.errors import RecipeError, TrainingError
 from vcesdk.intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu, windows_from_manifest
 
-from .data import DatasetPairs, PhantomPairs, UnpairedVolumes, dataset_patients
-from .methods import Method, create_method
+from .data import DatasetPairs, PhantomPairs, UnpairedVolumes, WindowStream, dataset_patients
+from .methods import Method, create_generator, create_method
 from .recipe import Recipe
 
 _logger = logging.getLogger(__name__)
@@ -40,10 +43,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(p, map_location="cpu", weights_only=True)
 
 
-def generator_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild the generator (eval mode) from a checkpoint dict."""
-    from .networks import create_generator
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a recipe's ``train.device``: "auto" = CUDA when available, else the
+    CPU; under torchrun on CUDA, the GPU of this process (``LOCAL_RANK``).
 
+    Raises:
+        TrainingError: "cuda" asked for where torch sees no CUDA device.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("train.device is 'cuda' but torch sees no CUDA device (this "
+                                f"torch {torch.__version__} build: cuda "
+                                f"{torch.version.cuda}); use --device cpu or auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def to_cpu(obj: Any) -> Any:
+    """Tensors in (nested dicts / lists of) ``obj`` moved to the CPU: device-free
+    checkpoints."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def generator_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the generator (eval mode, CPU) from a checkpoint dict."""
     g = create_generator(ckpt["network"]["name"], ckpt["network"]["config"])
     g.load_state_dict(ckpt["generator"])
     return g.eval()
@@ -75,9 +106,17 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         t = recipe.train
-        torch.manual_seed(int(t.get("seed", 0)))
-        self.rng = np.random.default_rng(int(t.get("seed", 0)))
-        self.method: Method = create_method(recipe)
+        self.device = resolve_device(t["device"])
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(int(t["seed"]))
+        try:  # network and method constructors check their configs with ValueError
+            self.method: Method = create_method(recipe).to(self.device)
+        except RecipeError:
+            raise
+        except ValueError as exc:
+            raise RecipeError(f"recipe {recipe.name!r}: {exc}") from None
         d = recipe.data
         self.windows = windows_from_manifest(recipe.model_io["windows"])
         self.output_hu = tuple(recipe.model_io["hu_range"])
@@ -93,7 +132,7 @@ class Trainer:
             names = dataset_patients(data, recipe.phase)
             n_val = min(int(d["n_val"]), max(0, len(names) - 1))
             if len(names) < 2:
-                raise ValueError(f"{data} holds {len(names)} patient(s) with ncct and "
+                raise TrainingError(f"{data} holds {len(names)} patient(s) with ncct and "
                                  f"{recipe.phase}; training needs 2 or more")
             pair_args = dict(phase=recipe.phase, windows=self.windows,
                              output_hu=self.output_hu, target=common["target"])
@@ -120,9 +159,9 @@ class Trainer:
             self.rank = torch.distributed.get_rank()
         if self.world > 1:
             if int(recipe.train["batch_size"]) % self.world:
-                raise ValueError(f"train.batch_size {recipe.train['batch_size']} is not "
-                                 f"divisible by the {self.world} processes")
-            self.method.wrap_ddp()
+                raise TrainingError(f"train.batch_size {recipe.train['batch_size']} is not "
+                                    f"divisible by the {self.world} processes")
+            self.method.wrap_ddp([self.device.index] if self.device.type == "cuda" else None)
         if self.rank == 0:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
 
@@ -130,9 +169,12 @@ class Trainer:
         for name in self.method.NETWORKS:
             if name in ckpt and hasattr(self.method, name):
                 self.method.network(name).load_state_dict(ckpt[name])
+        # optimiser state follows its parameters' device (Optimizer.load_state_dict casts)
         for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             if name in ckpt:
                 obj.load_state_dict(ckpt[name])
+        for name, state in ckpt.get("grad_scalers", {}).items():
+            self.method.load_scaler_state(name, state)
         self.step = int(ckpt["step"])
         _logger.info("resumed %s at step %d", self.out, self.step)
 
@@ -150,6 +192,10 @@ class Trainer:
                 ckpt[name] = self.method.network(name).state_dict()
         for name, obj in {**self.method.optimizers(), **self.method.schedulers()}.items():
             ckpt[name] = obj.state_dict()
+        scalers = dict(self.method.scaler_states())
+        if scalers:
+            ckpt["grad_scalers"] = scalers
+        ckpt = to_cpu(ckpt)
         path = self.out / CHECKPOINT
         tmp = path.with_suffix(".pt.partial")
         torch.save(ckpt, tmp)
@@ -172,7 +218,9 @@ class Trainer:
         mae_model, mae_ident = [], []
 
         def predictor(batch: np.ndarray) -> np.ndarray:
-            return g(torch.from_numpy(np.array(batch, dtype=np.float32))).numpy()
+            x = torch.from_numpy(np.array(batch, dtype=np.float32)).to(self.device)
+            with self.method.autocast():
+                return g(x).float().cpu().numpy()
 
         for x, case in zip(self.val_data.x, self.val_data.cases):
             H, W = (n - n % m for n, m in zip(x.shape[2:], mult[1:]))
@@ -186,8 +234,11 @@ class Trainer:
             if inf.get("compose", "replace") in ADDITIVE_COMPOSE:  # as the runtime composes
                 pred = ncct + enhancement_hu(pred, ncct, inf["compose"], self.output_hu,
                                              inf.get("difference_floor_hu"))
-            mae_model.append(float(np.abs(pred - target).mean()))
-            mae_ident.append(float(np.abs(ncct - target).mean()))
+            # the metric on the run's device, as the losses
+            t, p, n = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+                       for a in (target, pred, ncct))
+            mae_model.append(float((p - t).abs().mean()))
+            mae_ident.append(float((n - t).abs().mean()))
         g.train()
         return {"val_mae_hu": float(np.mean(mae_model)),
                 "val_mae_hu_ncct": float(np.mean(mae_ident))}
@@ -212,18 +263,27 @@ class Trainer:
                        unit="step")
         self.method.train()
         t0 = time.perf_counter()
-        while self.step < steps:
-            x, y = self.train_data.sample(self.rng, bs, crop)
+        workers = int(t["workers"])
+        stream = WindowStream(self.train_data, int(t["seed"]), bs, crop, self.step, steps)
+        batches = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            prefetch_factor=4 if workers else None)
+        for x, y in batches:
             if self.world > 1:
                 part = slice(self.rank * bs // self.world, (self.rank + 1) * bs // self.world)
                 x, y = x[part], y[part]
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
             self.method.step = self.step
-            losses = self.method.train_step(torch.from_numpy(x), torch.from_numpy(y))
+            with self.method.autocast():
+                losses = self.method.train_step(x, y)
             if self.world > 1:  # the logged losses are those of the global batch
                 names = sorted(losses)
-                t = torch.tensor([losses[n] for n in names], dtype=torch.float64)
-                torch.distributed.all_reduce(t)
-                losses = {n: float(v) / self.world for n, v in zip(names, t.tolist())}
+                v = torch.tensor([losses[n] for n in names], dtype=torch.float64,
+                                 device=self.device)
+                torch.distributed.all_reduce(v)
+                losses = {n: float(a) / self.world for n, a in zip(names, v.tolist())}
             self.step += 1
             self.method.on_step_end(self.step)
             record = {"step": self.step, "time_s": round(time.perf_counter() - t0, 3),

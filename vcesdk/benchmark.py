@@ -30,27 +30,24 @@ import numpy as np
 from .errors import InputError, VcesdkError
 from .volume import CTVolume
 
-DEFAULT_CT = Path("pyradiomics_lung1") / "lung1_image.nrrd"
 STAGES: tuple[str, ...] = ("read", "prepare", "model", "stitch", "compose", "write")
 
 
 def find_default_ct() -> Path:
-    """The real CT used when none is given: ``pyradiomics_lung1/lung1_image.nrrd`` under
-    ``$VCESDK_SHARED_CT``, else under ``../shared/data/ct`` beside the working directory or
-    the source checkout.
+    """The real CT used when none is given: the sample shipped with vcesdk
+    (:func:`vcesdk.data.sample_ct`, native abdominal CT, 30 x 101 x 122 voxels, 3 mm), so the
+    benchmark runs in a fresh install with no data beside it. Pass ``--slices N`` to mirror-
+    extend it to a longer series, or ``--input`` for another CT.
 
     Raises:
-        InputError: none of those exists (pass a CT explicitly).
+        InputError: the sample is missing from the install (pass a CT explicitly).
     """
-    roots = [os.environ.get("VCESDK_SHARED_CT", ""),
-             str(Path.cwd().parent / "shared" / "data" / "ct"),
-             str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ct")]
-    for root in roots:
-        if root and (Path(root) / DEFAULT_CT).is_file():
-            return Path(root) / DEFAULT_CT
-    raise InputError("no CT to benchmark on: pass --input CT (a real CT volume file or DICOM "
-                     "folder), or set VCESDK_SHARED_CT to the folder holding "
-                     "pyradiomics_lung1/")
+    from .data import sample_ct
+
+    try:
+        return sample_ct()
+    except FileNotFoundError as exc:
+        raise InputError(f"no CT to benchmark on: {exc}; or pass --input CT") from None
 
 
 def fit_slices(vol: CTVolume, n: int | None) -> CTVolume:

@@ -1,16 +1,21 @@
 """The ``vcesdk`` command.
 
-    vcesdk synthesize INPUT -o OUTPUT_DIR [--model BUNDLE ...] [--format dicom|nifti|nrrd|mha]
-                      [--series UID] [--tilt refuse|resample] [--oblique refuse|resample]
-                      [--contrast-guard warn|refuse|off]
+    vcesdk synthesize (INPUT | --sample) -o OUTPUT_DIR [--model BUNDLE ...]
+                      [--format dicom|nifti|nrrd|mha] [--series UID] [--tilt refuse|resample]
+                      [--oblique refuse|resample] [--contrast-guard warn|refuse|off]
+    vcesdk demo -o OUTPUT_DIR [options of synthesize]   (= synthesize --sample)
     vcesdk inspect INPUT [--series UID] [--tilt refuse|resample]
     vcesdk export CHECKPOINT_OR_BUNDLE -o BUNDLE --parity-input CT
                   [--format onnx,torchscript,tensorrt] [--half | --int8 --calib DIR]
                   [--target local|jetson]
     vcesdk build-engine BUNDLE --parity-input CT [--precision fp32|fp16|int8]
-    vcesdk benchmark BUNDLE [--providers ...] [--slices N] --json FILE
+    vcesdk benchmark BUNDLE [--providers ...] [--input CT] [--slices N] --json FILE
     vcesdk triton BUNDLE -o REPOSITORY [--platform onnxruntime_onnx,...]
     vcesdk info [BUNDLE]
+
+``--sample`` (and ``demo``) reads the real CT shipped with the package
+(:func:`vcesdk.data.sample_ct`, a TotalSegmentator test file, Apache-2.0), so the main job runs
+in a fresh install with no data beside it.
 
 Every :class:`vcesdk.errors.VcesdkError` ends as one line on stderr and exit status 1.
 """
@@ -51,6 +56,27 @@ def _provider_options(args: argparse.Namespace, bundle) -> dict[str, dict] | Non
                                                 workspace_gb=args.workspace_gb)))
 
 
+def _synthesis_input(args: argparse.Namespace) -> Path:
+    """The CT to synthesize from: INPUT, or the shipped sample with --sample (exactly one).
+
+    Raises:
+        InputError: both or neither given; the sample is missing from the install.
+    """
+    if args.sample and args.input is not None:
+        raise InputError(f"give either INPUT ({args.input}) or --sample, not both")
+    if not args.sample and args.input is None:
+        raise InputError("no input: give INPUT (a DICOM folder or a CT volume file) or "
+                         "--sample (the CT shipped with vcesdk)")
+    if args.input is not None:
+        return Path(args.input)
+    from .data import sample_ct
+
+    try:
+        return sample_ct()
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -60,7 +86,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from .runtime import Synthesizer
     from .volume import orient_volume, output_path, read_volume, write_volume
 
-    src = Path(args.input)
+    src = _synthesis_input(args)
     out_dir = Path(args.output)
     src_dir = src if src.is_dir() else src.parent
     if src.is_dir() and _inside(out_dir, src_dir):
@@ -339,14 +365,8 @@ def _input_options(p: argparse.ArgumentParser) -> None:
                         "onto an orthogonal grid")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vcesdk", description="Virtual contrast enhancement of CT.")
-    p.add_argument("--version", action="version", version=f"vcesdk {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("synthesize", help="NCCT in, synthetic contrast-enhanced CT out")
-    s.add_argument("input", help="DICOM series folder, or .nii/.nii.gz/.nrrd/.mha file")
+def _synthesize_options(s: argparse.ArgumentParser) -> None:
+    """The options of ``synthesize`` and ``demo`` (everything but the input)."""
     s.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
     s.add_argument("--model", action="append", default=None, metavar="BUNDLE",
                    help="model bundle folder (default: the bundled demo model); repeat for "
@@ -373,7 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input that already looks contrast-enhanced: warn (default), refuse, "
                         "or do not check")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vcesdk", description="Virtual contrast enhancement of CT.")
+    p.add_argument("--version", action="version", version=f"vcesdk {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synthesize", help="NCCT in, synthetic contrast-enhanced CT out")
+    s.add_argument("input", nargs="?", default=None,
+                   help="DICOM series folder, or .nii/.nii.gz/.nrrd/.mha file (or --sample)")
+    s.add_argument("--sample", action="store_true",
+                   help="synthesize from the real native abdominal CT shipped with vcesdk "
+                        "(TotalSegmentator test data, Apache-2.0) instead of INPUT")
+    _synthesize_options(s)
     s.set_defaults(func=cmd_synthesize)
+
+    d = sub.add_parser("demo", help="synthesize from the CT shipped with vcesdk (the same as "
+                                    "'synthesize --sample')")
+    _synthesize_options(d)
+    d.set_defaults(func=cmd_synthesize, input=None, sample=True)
 
     e = sub.add_parser("export", help="training checkpoint or bundle -> model bundle")
     e.add_argument("checkpoint", help="checkpoint.pt, a run folder holding one, or a bundle")
@@ -421,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--providers", nargs="+", metavar="PROVIDER",
                    help="backends to measure (default: every one that can run the bundle)")
     b.add_argument("--input", metavar="CT",
-                   help="real CT file or DICOM folder (default: ../shared/data/ct/"
-                        "pyradiomics_lung1/lung1_image.nrrd)")
+                   help="real CT file or DICOM folder (default: the CT shipped with vcesdk, "
+                        "vcesdk.data.sample_ct(), 30 slices)")
     b.add_argument("--slices", type=int, metavar="N",
                    help="cut or mirror-extend the CT to N slices")
     b.add_argument("--repeats", type=int, default=5, help="timed passes per backend (5)")

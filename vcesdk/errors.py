@@ -28,6 +28,17 @@ class ProviderError(VcesdkError, ValueError):
     """An unknown or unavailable inference provider was requested."""
 
 
+class RecipeError(VcesdkError, ValueError):
+    """A training recipe (YAML file or --set override) is malformed: a missing or misspelt
+    key, a value of the wrong type, an unknown method, network or phase; the message names
+    the valid keys."""
+
+
+class TrainingError(VcesdkError, ValueError):
+    """A training run cannot start or go on as asked (too few patients, a batch that does not
+    split over the processes, a method that cannot train on the data given)."""
+
+
 class NativeKernelUnavailable(VcesdkError, ImportError):
     """The compiled extension vcesdk._C was demanded but is not importable."""
 

@@ -114,8 +114,9 @@ def enhancement_hu(pred_hu: np.ndarray, input_hu: np.ndarray, compose: str,
         pred_hu: float32 (D, H, W) model output in HU (channel 0 through ``hu_range``).
         input_hu: float32 (D, H, W) the input on the same grid, HU.
         compose: "add_residual" (the output is the enhancement itself) or "add_difference"
-            (the output is the phase image in its window: enhancement = output - input clipped
-            to the window, so HU outside the window come from the input).
+            (the output is the phase image in its window: enhancement = output - input where
+            the input is inside the window, 0 outside it, so HU outside the window come from
+            the input unchanged).
         hu_range: the output's (lo, hi) HU.
         floor_hu: lower bound of the enhancement (0: iodine only raises attenuation), or None.
 
@@ -128,8 +129,13 @@ def enhancement_hu(pred_hu: np.ndarray, input_hu: np.ndarray, compose: str,
     if compose not in ADDITIVE_COMPOSE:
         raise ValueError(f"compose {compose!r} is not additive ({ADDITIVE_COMPOSE})")
     lo, hi = hu_range
-    delta = (pred_hu - np.clip(input_hu, lo, hi) if compose == "add_difference"
-             else np.array(pred_hu, dtype=np.float32, copy=True))
+    if compose == "add_difference":
+        # outside the window the model saw only the window's edge: iodine does not change air
+        # or cortical bone, so those voxels keep their HU (METHOD-REVIEW, composition)
+        inside = (input_hu >= lo) & (input_hu <= hi)
+        delta = np.where(inside, pred_hu - np.clip(input_hu, lo, hi), 0.0).astype(np.float32)
+    else:
+        delta = np.array(pred_hu, dtype=np.float32, copy=True)
     if floor_hu is not None:
         np.maximum(delta, np.float32(floor_hu), out=delta)
     return delta.astype(np.float32, copy=False)

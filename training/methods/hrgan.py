@@ -30,16 +30,20 @@ NLST) for ``loss.pretrain_steps`` steps at ``loss.pretrain_lr``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as tf
 
-from .methods import Method, adam_with_decay, freeze, register_method
-from .networks import create_discriminator, create_generator, register_generator
-from .recipe import Recipe
-from .slicewise import SliceWise, slice_stacks, unstack_slices
+from ..networks import zero_last_conv
+from ..registry import create_discriminator, create_generator, register_generator, register_method
+from ..slicewise import SliceWise, slice_stacks, unstack_slices
+from .base import AdamConfig, Method, adam_with_decay, freeze
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 INTENSITY_LEVELS = (0.5, 1.0, 1.5, 2.0)   # alpha of the pretext task, classes 0..3 (001, 002)
 PATH_WEIGHTS = (0.6, 0.4)                 # global, local path (001, Eq. 4)
@@ -88,13 +92,16 @@ class HRUNet(SliceWise):
         out_channels: 1.
         channels: encoder block channels (paper: 32, 64, 128, 256, 512).
         context: neighbouring slices per side stacked as channels (1: 3 consecutive slices).
+        residual: channel 0 = the input's centre slice + the network's output, last conv
+            zeroed (starts as the identity); our option, not the papers'.
 
-    Shapes: (B, in_channels, d, h, w) -> (B, out_channels, d, h, w) in [-1, 1]; h and w
-    multiples of 2 ** (len(channels) - 1).
+    Shapes: (B, in_channels, d, h, w) -> (B, out_channels, d, h, w) in [-1, 1] ([-2, 2] when
+    residual); h and w multiples of 2 ** (len(channels) - 1).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
-                 channels: Sequence[int] = (32, 64, 128, 256, 512), context: int = 1) -> None:
+                 channels: Sequence[int] = (32, 64, 128, 256, 512), context: int = 1,
+                 residual: bool = False) -> None:
         super().__init__()
         self.context = int(context)
         cin = in_channels * (2 * self.context + 1)
@@ -104,6 +111,7 @@ class HRUNet(SliceWise):
                                      for i in reversed(range(len(ch) - 1)))
         self.tail = nn.Sequential(nn.Conv2d(ch[0] + cin, ch[0], 3, padding=1), nn.ReLU(True),
                                   nn.Conv2d(ch[0], out_channels, 3, padding=1), nn.Tanh())
+        self.set_residual(residual)
 
     def size_multiple(self) -> tuple[int, int, int]:
         m = 2 ** (len(self.encoder.channels) - 1)
@@ -122,22 +130,28 @@ class HRUNet(SliceWise):
 class DyeFreeNet(nn.Module):
     """DyeFreeNet's cascade (002) as one network: the primary generator on the input halved
     in-plane (bilinear), the intensity-refinement generator on the primary output, a final x2
-    upsampling (bilinear + 3x3 conv + Tanh) to the input resolution.
+    upsampling (bilinear + 3x3 conv) to the input resolution. The generators end in their own
+    Tanh, so the upsampling conv has none (a second Tanh capped the start at +/-0.76 and the
+    conv had to learn a gain to undo it: METHOD-REVIEW, DyeFreeNet 2).
 
     Args:
         in_channels, channels, context: as :class:`HRUNet` (the primary generator; the
             refinement generator takes the primary output, 1 channel, with the same context).
+        residual: both generators residual (:class:`HRUNet`): the primary starts as the halved
+            input, the refinement as its input, so the cascade starts as the identity.
 
     Shapes: (B, in_channels, d, h, w) -> (B, 1, d, h, w); h, w multiples of
     2 ** len(channels).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
-                 channels: Sequence[int] = (32, 64, 128, 256, 512), context: int = 1) -> None:
+                 channels: Sequence[int] = (32, 64, 128, 256, 512), context: int = 1,
+                 residual: bool = False) -> None:
         super().__init__()
-        self.primary = HRUNet(in_channels, 1, channels, context)
-        self.refine = HRUNet(1, 1, channels, context)
-        self.upsample = nn.Sequential(nn.Conv2d(1, out_channels, 3, padding=1), nn.Tanh())
+        self.residual = bool(residual)
+        self.primary = HRUNet(in_channels, 1, channels, context, residual)
+        self.refine = HRUNet(1, 1, channels, context, residual)
+        self.upsample = nn.Sequential(nn.Conv2d(1, out_channels, 3, padding=1))
         with torch.no_grad():  # starts as plain bilinear upsampling (centre tap 1, no bias)
             self.upsample[0].weight.zero_()
             self.upsample[0].weight[:, 0, 1, 1] = 1.0
@@ -180,10 +194,11 @@ def intensity_pretext(x: torch.Tensor, generator: torch.Generator | None = None
             window's [0, 1] image: x' = alpha (x + 1) - 1.
 
     Returns:
-        (x', labels): x' like x, labels int64 (N,) in 0..3.
+        (x', labels): x' like x, labels int64 (N,) in 0..3 on x's device (drawn on the CPU
+        from ``generator``, so runs are reproducible on any device).
     """
-    labels = torch.randint(len(INTENSITY_LEVELS), (len(x),), generator=generator)
-    alpha = torch.tensor(INTENSITY_LEVELS, dtype=x.dtype)[labels]
+    labels = torch.randint(len(INTENSITY_LEVELS), (len(x),), generator=generator).to(x.device)
+    alpha = torch.tensor(INTENSITY_LEVELS, dtype=x.dtype, device=x.device)[labels]
     alpha = alpha.reshape(-1, *([1] * (x.dim() - 1)))
     return alpha * (x + 1) - 1, labels
 
@@ -222,13 +237,52 @@ def mse_bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return tf.mse_loss(logits, target) + tf.binary_cross_entropy_with_logits(logits, target)
 
 
+@dataclasses.dataclass(frozen=True)
+class DualPathLoss:
+    """001's generator loss per path: GAN + ``mse_weight`` x MSE + perceptual (the paper: 1 x
+    MSE, on an intensity scale it does not state; our [-1, 1] images make the MSE ~1/16000 of
+    a 0-255 one, so the small recipes raise it: METHOD-REVIEW), after ``pretrain_steps`` steps
+    of the intensity pretext task at ``pretrain_lr``."""
+
+    mse_weight: float = 1.0
+    pretrain_steps: int = 0
+    pretrain_lr: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class DyeFreeNetLoss(DualPathLoss):
+    """002: GAN + ``mse_weight`` (lambda, 0.01 in the paper) x MSE + perceptual;
+    ``primary_steps`` steps of the primary GAN before the refinement GAN."""
+
+    mse_weight: float = 0.01
+    primary_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DualPathOptim(AdamConfig):
+    """001: G at ``lr`` (5e-5), D at ``lr_d`` (2e-4), weight decay 5e-4."""
+
+    lr: float = 5e-5
+    lr_d: float = 2e-4
+    weight_decay: float = 5e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class DyeFreeNetOptim(AdamConfig):
+    """002: primary GAN at ``lr`` (1e-5), refinement GAN at ``lr_refine`` (5e-5), weight decay
+    5e-4."""
+
+    lr: float = 1e-5
+    lr_refine: float = 5e-5
+    weight_decay: float = 5e-4
+
+
 class _HRGanBase(Method):
     """Shared parts: networks, the intensity pretraining, D step, G loss with perceptual."""
 
-    def __init__(self, recipe: Recipe, mse_weight: float, perceptual_blocks: slice) -> None:
-        super().__init__()
-        self.recipe = recipe
-        loss, g_cfg = recipe.loss, dict(recipe.generator["config"])
+    def __init__(self, recipe: "Recipe", perceptual_blocks: slice) -> None:
+        super().__init__(recipe)
+        g_cfg = dict(recipe.generator["config"])
         self.generator = create_generator(recipe.generator["name"], g_cfg)
         self.discriminator = create_discriminator(recipe.discriminator["name"],
                                                   recipe.discriminator["config"])
@@ -237,22 +291,18 @@ class _HRGanBase(Method):
         self.perceptual = IntensityClassifier(int(g_cfg.get("in_channels", 1)) *
                                               (2 * context + 1),
                                               g_cfg.get("channels", (32, 64, 128, 256, 512)))
-        self.pretrain_steps = int(loss.get("pretrain_steps", 0))
-        self.mse_weight = float(loss.get("mse_weight", mse_weight))
+        self.pretrain_steps = int(self.loss.pretrain_steps)
         self.perceptual_blocks = perceptual_blocks
-        self.opt_p = torch.optim.Adam(self.perceptual.parameters(),
-                                      lr=float(loss.get("pretrain_lr", 1e-4)))
+        self.opt_p = torch.optim.Adam(self.perceptual.parameters(), lr=self.loss.pretrain_lr)
         self.rng = torch.Generator().manual_seed(int(recipe.train.get("seed", 0)))
 
     def pretrain_step(self, x: torch.Tensor) -> dict[str, float]:
         """One step of the intensity pretext task on NCCT slices (with their neighbours)."""
         self.perceptual.train()
         scaled, labels = intensity_pretext(slice_stacks(x, self.context), self.rng)
-        self.opt_p.zero_grad(set_to_none=True)
         logits = self.perceptual(scaled)
         loss = tf.cross_entropy(logits, labels)
-        loss.backward()
-        self.opt_p.step()
+        self.optimize(self.opt_p, loss)
         return {"pretext_ce": loss.item(),
                 "pretext_accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
@@ -286,7 +336,7 @@ class _HRGanBase(Method):
         gan = mse_bce(d(torch.cat([x, fake], 1)), True)
         mse = tf.mse_loss(fake, y)
         pcp = self.perceptual_loss(fake, y)
-        return gan + self.mse_weight * mse + pcp, {"gan": gan.item(), "mse": mse.item(),
+        return gan + self.loss.mse_weight * mse + pcp, {"gan": gan.item(), "mse": mse.item(),
                                                    "pcp": pcp.item(),
                                                    "l1": (fake - y).abs().mean().item()}
 
@@ -297,14 +347,16 @@ class DualPath(_HRGanBase):
     weight_decay (5e-4), betas, decay_every / decay_factor; ``loss``: pretrain_steps,
     pretrain_lr, mse_weight (1)."""
 
+    Loss = DualPathLoss
+    Optim = DualPathOptim
     NETWORKS = ("generator", "discriminator", "perceptual")
 
-    def __init__(self, recipe: Recipe) -> None:
-        super().__init__(recipe, mse_weight=1.0, perceptual_blocks=slice(1, None))
-        o = recipe.optim
+    def __init__(self, recipe: "Recipe") -> None:
+        super().__init__(recipe, perceptual_blocks=slice(1, None))
+        o = self.optim
         self.opt_g, self.sched_g = adam_with_decay(self.generator.parameters(), o)
         self.opt_d, self.sched_d = adam_with_decay(self.discriminator.parameters(), o,
-                                                   lr=o.get("lr_d"))
+                                                   lr=o.lr_d)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d, "opt_p": self.opt_p}
@@ -321,16 +373,12 @@ class DualPath(_HRGanBase):
         g, d = self.generator, self.discriminator
         fake_global = g(x)
         fake_local = stitch_quadrants(g(split_quadrants(x)))
-        self.opt_d.zero_grad(set_to_none=True)
         loss_d = self.d_loss(d, x, y, [fake_global, fake_local])
-        loss_d.backward()
-        self.opt_d.step()
-        self.opt_g.zero_grad(set_to_none=True)
+        self.optimize(self.opt_d, loss_d)
         lg, terms = self.g_loss(d, x, fake_global, y)
         ll, terms_local = self.g_loss(d, x, fake_local, y)
         loss_g = PATH_WEIGHTS[0] * lg + PATH_WEIGHTS[1] * ll
-        loss_g.backward()
-        self.opt_g.step()
+        self.optimize(self.opt_g, loss_g)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms,
                 "l1_local": terms_local["l1"]}
 
@@ -351,24 +399,26 @@ class DyeFreeNetMethod(_HRGanBase):
         ValueError: the generator is not "dyefreenet".
     """
 
+    Loss = DyeFreeNetLoss
+    Optim = DyeFreeNetOptim
     NETWORKS = ("generator", "discriminator", "discriminator_x", "perceptual")
 
-    def __init__(self, recipe: Recipe) -> None:
-        super().__init__(recipe, mse_weight=0.01, perceptual_blocks=slice(None))
+    def __init__(self, recipe: "Recipe") -> None:
+        super().__init__(recipe, perceptual_blocks=slice(None))
         if recipe.generator["name"] != "dyefreenet":
             raise ValueError("the dyefreenet method trains the 'dyefreenet' cascade generator")
-        o = recipe.optim
-        self.primary_steps = int(recipe.loss.get("primary_steps", 0))
+        o = self.optim
+        self.primary_steps = int(self.loss.primary_steps)
         # discriminator_x judges the primary (half-resolution) output, discriminator the final
         self.discriminator_x = create_discriminator(recipe.discriminator["name"],
                                                     recipe.discriminator["config"])
         g = self.generator
         self.opt_g1, self.sched_g1 = adam_with_decay(g.primary.parameters(), o)
         self.opt_g2, self.sched_g2 = adam_with_decay(
-            [*g.refine.parameters(), *g.upsample.parameters()], o, lr=o.get("lr_refine"))
+            [*g.refine.parameters(), *g.upsample.parameters()], o, lr=o.lr_refine)
         self.opt_d1, self.sched_d1 = adam_with_decay(self.discriminator_x.parameters(), o)
         self.opt_d2, self.sched_d2 = adam_with_decay(self.discriminator.parameters(), o,
-                                                     lr=o.get("lr_refine"))
+                                                     lr=o.lr_refine)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g1": self.opt_g1, "opt_g2": self.opt_g2, "opt_d1": self.opt_d1,
@@ -385,14 +435,10 @@ class DyeFreeNetMethod(_HRGanBase):
         return "primary" if self.step < self.pretrain_steps + self.primary_steps else "refine"
 
     def _gan_step(self, d, opt_d, opt_g, x, fake, y) -> dict[str, float]:
-        opt_d.zero_grad(set_to_none=True)
         loss_d = self.d_loss(d, x, y, [fake])
-        loss_d.backward()
-        opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
+        self.optimize(opt_d, loss_d)
         loss_g, terms = self.g_loss(d, x, fake, y)
-        loss_g.backward()
-        opt_g.step()
+        self.optimize(opt_g, loss_g)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -409,6 +455,7 @@ class DyeFreeNetMethod(_HRGanBase):
                                   g.coarse(x), yh)
         if self.step == self.pretrain_steps + self.primary_steps:
             self._init_refinement(g)
+        freeze(g.primary)   # every step, so resumed runs keep it frozen too
         with torch.no_grad():
             coarse = g.coarse(x)
         return self._gan_step(self.discriminator, self.opt_d2, self.opt_g2, x,
@@ -417,13 +464,17 @@ class DyeFreeNetMethod(_HRGanBase):
     def _init_refinement(self, g: DyeFreeNet) -> None:
         """The refinement generator starts from the trained primary one (002), every tensor
         whose shape matches (the first encoder block differs: 1 input channel, not C); the
-        primary is frozen from here on."""
+        primary is frozen from here on (eval mode too, so its BatchNorm statistics stay those it
+        was trained with). With residual generators the refinement's last conv is zeroed
+        after the copy: it starts as the identity on the primary output instead of adding the
+        primary's enhancement a second time (METHOD-REVIEW, DyeFreeNet 3)."""
         src = g.primary.state_dict()
         dst = g.refine.state_dict()
         dst.update({k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape})
         g.refine.load_state_dict(dst)
-        for p in g.primary.parameters():
-            p.requires_grad_(False)
+        if g.residual:
+            zero_last_conv(g.refine)
+        freeze(g.primary)
 
     def on_step_end(self, step: int) -> None:
         stage = self.stage()

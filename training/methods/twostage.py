@@ -29,22 +29,26 @@ cross-entropy on class logits for every variant.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as tf
 
-from .methods import Method, adam_with_decay, freeze, register_method, require_same_window
-from .networks import (
+from ..registry import (
     create_discriminator,
     create_generator,
     register_discriminator,
     register_generator,
+    register_method,
 )
-from .recipe import Recipe
-from .slicewise import SliceWise, slice_stacks
+from ..slicewise import SliceWise, slice_stacks
+from .base import Method, adam_with_decay, freeze, require_same_window
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 CLASS_CECT, CLASS_NCCT, CLASS_SYNTHETIC_NCCT = 0, 1, 2   # the 3 classes of D (Eq. 1)
 PERCEPTUAL_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4)        # w_1..w_4 of Eq. 4 (Sec. 4.1)
@@ -107,6 +111,9 @@ class SpadeGenerator(SliceWise):
             2 ** len(channels) in-plane (64 in the paper's 256 x 256).
         hidden: SPADE conditioning conv channels.
         context: neighbouring slices per side fed as channels (1: 3 consecutive slices).
+        residual: channel 0 = the input's centre slice + the network's output, last conv
+            zeroed: G(C->N) then starts as the identity and makes "only small modifications",
+            which the paper relies on (our option: METHOD-REVIEW, two-stage 1).
 
     The network starts from the input bilinearly downsampled by 2 ** len(channels), and
     concatenates the (resized) input after every upsampling.
@@ -115,7 +122,7 @@ class SpadeGenerator(SliceWise):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  channels: Sequence[int] = (512, 512, 256, 128, 64, 32), hidden: int = 128,
-                 context: int = 1) -> None:
+                 context: int = 1, residual: bool = False) -> None:
         super().__init__()
         self.context = int(context)
         cond = in_channels * (2 * self.context + 1)
@@ -128,6 +135,7 @@ class SpadeGenerator(SliceWise):
         self.blocks = nn.ModuleList(blocks)
         self.out = nn.Sequential(group_norm(cin), nn.LeakyReLU(0.2, True),
                                  nn.Conv2d(cin, out_channels, 3, padding=1), nn.Tanh())
+        self.set_residual(residual)
 
     def size_multiple(self) -> tuple[int, int, int]:
         return (1, 2 ** self.levels, 2 ** self.levels)
@@ -237,7 +245,8 @@ def perceptual_loss(net: VGGClassifier, a: torch.Tensor, b: torch.Tensor,
 
 def class_loss(logits: torch.Tensor, cls: int) -> torch.Tensor:
     """Cross-entropy H(1_cls, D(.)) of every row of (N, K) logits against one class."""
-    return tf.cross_entropy(logits, torch.full((len(logits),), cls, dtype=torch.long))
+    return tf.cross_entropy(logits, torch.full((len(logits),), cls, dtype=torch.long,
+                                               device=logits.device))
 
 
 def stage1_d_loss(d: nn.Module, real_cect: torch.Tensor, synthetic_ncct: torch.Tensor,
@@ -255,6 +264,20 @@ def stage1_g_loss(d: nn.Module, synthetic_ncct: torch.Tensor) -> torch.Tensor:
     return class_loss(d(synthetic_ncct), CLASS_NCCT)
 
 
+@dataclasses.dataclass(frozen=True)
+class TwoStageLoss:
+    """004's settings: ``variant`` (S, J, single, cycle), ``l1_weight`` (lambda of Eq. 5, 10),
+    the perceptual classifier's ``pretrain_steps`` at ``pretrain_lr`` and its
+    ``perceptual_widths`` (VGG16: 64, 128, 256, 512, 512), ``stage1_steps`` (variant S)."""
+
+    variant: str = "S"
+    l1_weight: float = 10.0
+    pretrain_steps: int = 0
+    pretrain_lr: float = 1e-3
+    perceptual_widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    stage1_steps: int = 0
+
+
 @register_method("two_stage")
 class TwoStage(Method):
     """Seo et al. (004): see the module docstring. ``loss``: variant, l1_weight (lambda, 10),
@@ -264,15 +287,15 @@ class TwoStage(Method):
         ValueError: unknown variant, or model_io not one window mapped onto itself.
     """
 
+    Loss = TwoStageLoss
     NETWORKS = ("generator", "discriminator", "backward_generator", "perceptual",
                 "discriminator_x")
 
-    def __init__(self, recipe: Recipe) -> None:
-        super().__init__()
-        self.recipe = recipe
-        io, loss = recipe.model_io, recipe.loss
+    def __init__(self, recipe: "Recipe") -> None:
+        super().__init__(recipe)
+        io, loss = recipe.model_io, self.loss
         require_same_window(io["windows"], io["hu_range"], "the two-stage method")
-        self.variant = str(loss.get("variant", "S"))
+        self.variant = str(loss.variant)
         if self.variant not in VARIANTS:
             raise ValueError(f"loss.variant must be one of {VARIANTS}, got {self.variant!r}")
         g_name, g_cfg = recipe.generator["name"], dict(recipe.generator["config"])
@@ -284,17 +307,16 @@ class TwoStage(Method):
         if self.variant == "cycle":   # D_N for the C->N direction
             self.discriminator_x = create_discriminator(d_name, {**d_cfg, "num_classes": 2})
         self.perceptual = VGGClassifier(int(g_cfg.get("in_channels", 1)),
-                                        loss.get("perceptual_widths", (64, 128, 256, 512, 512)))
-        self.l1_weight = float(loss.get("l1_weight", 10.0))
-        self.pretrain_steps = int(loss.get("pretrain_steps", 0))
-        self.stage1_steps = int(loss.get("stage1_steps", 0))
+                                        loss.perceptual_widths)
+        self.l1_weight = float(loss.l1_weight)
+        self.pretrain_steps = int(loss.pretrain_steps)
+        self.stage1_steps = int(loss.stage1_steps)
         gens = [*self.generator.parameters(), *self.backward_generator.parameters()]
-        self.opt_g, self.sched_g = adam_with_decay(gens, recipe.optim)
+        self.opt_g, self.sched_g = adam_with_decay(gens, self.optim)
         ds = [*self.discriminator.parameters(),
               *(self.discriminator_x.parameters() if self.variant == "cycle" else [])]
-        self.opt_d, self.sched_d = adam_with_decay(ds, recipe.optim)
-        self.opt_p = torch.optim.Adam(self.perceptual.parameters(),
-                                      lr=float(loss.get("pretrain_lr", 1e-3)))
+        self.opt_d, self.sched_d = adam_with_decay(ds, self.optim)
+        self.opt_p = torch.optim.Adam(self.perceptual.parameters(), lr=float(loss.pretrain_lr))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d, "opt_p": self.opt_p}
@@ -312,12 +334,10 @@ class TwoStage(Method):
 
     def _pretrain(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.perceptual.train()
-        self.opt_p.zero_grad(set_to_none=True)
         logits = self.perceptual(torch.cat([slice_stacks(x, 0), slice_stacks(y, 0)]))
         n = len(logits) // 2
         loss = class_loss(logits[:n], 0) + class_loss(logits[n:], 1)
-        loss.backward()
-        self.opt_p.step()
+        self.optimize(self.opt_p, loss)
         acc = ((logits[:n].argmax(1) == 0).float().mean() + (logits[n:].argmax(1) == 1)
                .float().mean()) / 2
         return {"pcp_ce": loss.item(), "pcp_accuracy": acc.item()}
@@ -328,9 +348,7 @@ class TwoStage(Method):
         return self.l1_weight * l1 + pcp, l1, pcp     # Eq. 5
 
     def _step_d(self, loss: torch.Tensor) -> None:
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_d.step()
+        self.optimize(self.opt_d, loss)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         stage = self.stage()
@@ -371,9 +389,7 @@ class TwoStage(Method):
             cyc_y, l1_y, _ = self._rec(g_nc(fake_n), y)
             loss_g = class_loss(d(fake_c), 0) + class_loss(dx(fake_n), 0) + cyc_x + cyc_y
             out.update(cycle=(l1_x + l1_y).item(), l1=(fake_c - y).abs().mean().item())
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.optimize(self.opt_g, loss_g)
         out["loss_g"] = loss_g.item()
         return out
 
