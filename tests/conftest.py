@@ -78,3 +78,18 @@ def series(hcc_files, tmp_path):
     for i, f in enumerate(hcc_files):
         shutil.copy2(f, d / f"s{i:02d}.dcm")
     return d
+
+
+@pytest.fixture
+def deterministic():
+    """Training tests run seeded, deterministic kernels on a fixed thread count (2, the CI
+    machine's cores), so a rerun on one machine gives the same figures; their assertions keep
+    margins for other CPUs' floating-point kernels."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)

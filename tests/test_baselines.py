@@ -12,6 +12,8 @@ from vcesdk.training.methods import create_generator
 from vcesdk.training.recipe import builtin_recipe, load_recipe
 from vcesdk.training.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("deterministic")
+
 
 def _short(name: str, steps: int):
     r = load_recipe(builtin_recipe(name))

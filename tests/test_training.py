@@ -15,6 +15,8 @@ from vcesdk.training.phantom import LABELS, make_phantom  # noqa: E402
 from vcesdk.training.recipe import Recipe  # noqa: E402
 from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("deterministic")
+
 _LABEL = {v: k for k, v in LABELS.items()}
 
 

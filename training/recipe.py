@@ -230,6 +230,8 @@ class Recipe:
         for section, klass in {**_FIXED, "loss": method.Loss, "optim": method.Optim}.items():
             out[section] = check_section(klass, d[section] or {}, section)
         t = out["train"]
+        if t["amp"] is False:   # YAML 1.1 reads a bare `off` as false
+            t["amp"] = "off"
         if t["device"] not in DEVICES:
             raise RecipeError(f"train.device must be one of {DEVICES}, got {t['device']!r}")
         if t["amp"] not in AMP_MODES:

@@ -138,7 +138,9 @@ class DyeFreeNet(nn.Module):
         in_channels, channels, context: as :class:`HRUNet` (the primary generator; the
             refinement generator takes the primary output, 1 channel, with the same context).
         residual: both generators residual (:class:`HRUNet`): the primary starts as the halved
-            input, the refinement as its input, so the cascade starts as the identity.
+            input, the refinement as its input, and the refined half-resolution enhancement is
+            added to the full-resolution input, so the cascade starts as the identity (our
+            option: the half-resolution primary alone caps PSNR at 31 dB, METHOD-REVIEW).
 
     Shapes: (B, in_channels, d, h, w) -> (B, 1, d, h, w); h, w multiples of
     2 ** len(channels).
@@ -165,15 +167,21 @@ class DyeFreeNet(nn.Module):
         """The primary GAN's half-resolution output (B, 1, d, h/2, w/2)."""
         return self.primary(halve(x))
 
-    def refined(self, coarse: torch.Tensor) -> torch.Tensor:
-        """The refinement GAN's full-resolution output from a primary output."""
+    def refined(self, coarse: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The refinement GAN's full-resolution output from a primary output ``coarse`` of the
+        input ``x``. Residual: the refined half-resolution enhancement (refined - halved input)
+        is upsampled and added to the full-resolution input, so the cascade starts as the
+        identity and keeps the input's detail (the enhancement alone is half resolution)."""
         r = self.refine(coarse)
+        if self.residual:
+            r = r - halve(x[:, :1])
         up = tf.interpolate(slice_stacks(r, 0), scale_factor=2.0, mode="bilinear",
                             align_corners=False)
-        return unstack_slices(self.upsample(up), r.shape[0])
+        out = unstack_slices(self.upsample(up), r.shape[0])
+        return out + x[:, :1] if self.residual else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.refined(self.coarse(x))
+        return self.refined(self.coarse(x), x)
 
 
 def halve(v: torch.Tensor) -> torch.Tensor:
@@ -459,7 +467,7 @@ class DyeFreeNetMethod(_HRGanBase):
         with torch.no_grad():
             coarse = g.coarse(x)
         return self._gan_step(self.discriminator, self.opt_d2, self.opt_g2, x,
-                              g.refined(coarse), y)
+                              g.refined(coarse, x), y)
 
     def _init_refinement(self, g: DyeFreeNet) -> None:
         """The refinement generator starts from the trained primary one (002), every tensor

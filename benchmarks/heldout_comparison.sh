@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Held-out comparison of every small recipe (five baselines, four seed-paper methods) per phase:
+# each trained on one phantom training set with its own recipe schedule (at most 15 minutes per
+# run on 2 CPU cores), evaluated by vcesdk-eval against the NCCT identity and the oracle (the
+# noise-free truth) on phantom seeds never used in training (9000+). Not part of the tests.
+#
+#   benchmarks/heldout_comparison.sh [WORK_DIR]          (default runs/heldout)
+#   PHASES="ap pvp dp" (default) RECIPES="..." to run a subset; THREADS=N torch threads per run
+#   (default 1); JOBS=N runs at a time (default 2: one per core of the CI machine)
+#
+# Writes WORK_DIR/{train,heldout} (phantom sets, with <phase>_clean.nii.gz), WORK_DIR/runs/
+# <recipe>_<phase> (run folders with log.jsonl and time.txt) and WORK_DIR/report (report.md,
+# report.json with the oracle rows and headroom_closed, PNGs).
+set -euo pipefail
+work=${1:-runs/heldout}
+phases=${PHASES:-"ap pvp dp"}
+recipes=${RECIPES:-"unet_l1_small pix2pix2d_small pix2pix25d_small pix2pix3d_small cyclegan_small mangan_small dual_path_small dyefreenet_small two_stage_small"}
+threads=${THREADS:-1}
+jobs=${JOBS:-2}
+here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/benchmarks/phantom_sets.sh"
+
+train() {  # recipe phase
+  local run="$work/runs/$1_$2"
+  [ -f "$run/time.txt" ] && return 0   # finished earlier
+  local t0=$SECONDS
+  OMP_WAIT_POLICY=passive vcesdk-train "$here/training/recipes/$1.yaml" --data "$work/train" \
+      --out "$run" --phase "$2" --threads "$threads" > "$work/runs/$1_$2.log" 2>&1
+  echo "$((SECONDS - t0)) s" > "$run/time.txt"
+  echo "== $1 $2: $((SECONDS - t0)) s"
+}
+
+models=()
+for phase in $phases; do
+  for recipe in $recipes; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    train "$recipe" "$phase" &
+    models+=("$work/runs/${recipe}_${phase}")
+  done
+done
+wait
+rm -rf "$work/report"
+vcesdk-eval "${models[@]}" --data "$work/heldout" --out "$work/report"
