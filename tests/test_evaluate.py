@@ -27,9 +27,20 @@ def test_report_schema_and_identity_baseline(held_out, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     pvp = report["phases"]["pvp"]
     assert pvp["cases"] == ["P09000", "P09001"]
-    for entry in (pvp["ncct_identity"], pvp["vcesdk-demo-pvp"]):
+    for entry in (pvp["ncct_identity"], pvp["oracle"]):
         assert set(entry) == {"psnr", "ssim", "ms_ssim", "mae_hu"}
         assert all(set(v) == {"mean", "sd"} and np.isfinite(v["mean"]) for v in entry.values())
+    model = pvp["models"]["vcesdk-demo-pvp"]
+    assert set(model) == {"psnr", "ssim", "ms_ssim", "mae_hu", "headroom_closed"}
+    # the oracle (noise-free truth vs the noisy target) is the ceiling: far above the identity
+    oracle, ident = pvp["oracle"], pvp["ncct_identity"]
+    assert oracle["psnr"]["mean"] > ident["psnr"]["mean"] + 5
+    assert oracle["mae_hu"]["mean"] < 0.6 * ident["mae_hu"]["mean"]
+    # headroom_closed = (model - identity) / (oracle - identity), per metric
+    for m in ("psnr", "mae_hu"):
+        assert model["headroom_closed"][m] == pytest.approx(
+            (model[m]["mean"] - ident[m]["mean"]) / (oracle[m]["mean"] - ident[m]["mean"]),
+            rel=1e-9)
     # the identity row is exactly the metrics of NCCT vs the truth, averaged over the cases
     per_case = []
     for pid in pvp["cases"]:
@@ -42,8 +53,16 @@ def test_report_schema_and_identity_baseline(held_out, tmp_path, capsys):
             np.mean([c[m] for c in per_case]), rel=1e-6)
     # PVP enhancement makes NCCT differ from the truth by tens of HU in the body
     assert 10 < pvp["ncct_identity"]["mae_hu"]["mean"] < 80
+    # the oracle row is the clean phase the phantom generator writes, scored like a model
+    clean = [image_metrics(vcesdk.read_volume(held_out / pid / "pvp_clean.nii.gz").hu,
+                           vcesdk.read_volume(held_out / pid / "pvp.nii.gz").hu, 60, 500,
+                           vcesdk.read_volume(held_out / pid / "labels.nii.gz").hu > 0)
+             for pid in pvp["cases"]]
+    assert oracle["psnr"]["mean"] == pytest.approx(np.mean([c["psnr"] for c in clean]),
+                                                   rel=1e-6)
     md = (out / "report.md").read_text()
     assert "## PVP (2 cases)" in md and "+/-" in md
+    assert "| oracle (noise-free truth) |" in md and "headroom closed PSNR / MAE" in md
     for png in ("example_pvp_vcesdk-demo-pvp.png", "histogram_pvp.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -517,24 +517,6 @@ def find_case_files(case_dir: PathLike) -> dict[str, Path]:
             "label_json": _first(d, LABEL_JSON_NAMES, "label JSON"), "masks_dir": d}
 
 
-def _bundle_path(model: PathLike, scratch: Path, parity: CTVolume) -> Path:
-    """`model` itself when it is a bundle folder, else its checkpoint exported into `scratch`
-    (ONNX, parity checked on `parity`, as ``vcesdk export`` does)."""
-    p = Path(model)
-    if (p / "manifest.json").is_file():
-        return p
-    ckpt = p / "checkpoint.pt" if p.is_dir() else p
-    if not ckpt.is_file():
-        raise InputError(f"{model} is neither a bundle (manifest.json) nor a run folder / "
-                         f"checkpoint (checkpoint.pt)")
-    from vcesdk.export import export_bundle
-
-    from .trainer import load_checkpoint
-
-    return export_bundle(load_checkpoint(ckpt), scratch / f"bundle{len(list(scratch.iterdir()))}",
-                         parity)
-
-
 def real_anatomy_results(models: Sequence[PathLike], case_dir: PathLike) -> list[dict]:
     """Run each model on the CT of `case_dir` and check its output organ by organ.
 
@@ -558,6 +540,8 @@ def real_anatomy_results(models: Sequence[PathLike], case_dir: PathLike) -> list
     """
     from vcesdk.runtime import Synthesizer
 
+    from .trainer import bundle_for
+
     if not models:
         raise InputError("no model to check")
     files = find_case_files(case_dir)
@@ -565,7 +549,7 @@ def real_anatomy_results(models: Sequence[PathLike], case_dir: PathLike) -> list
     labels = read_volume(files["labels"])
     results = []
     with tempfile.TemporaryDirectory(prefix="vcesdk-anatomy-") as scratch:
-        syns = [Synthesizer(_bundle_path(m, Path(scratch), ct), contrast_guard="off")
+        syns = [Synthesizer(bundle_for(m, scratch, ct), contrast_guard="off")
                 for m in models]
         names = [s.bundle.name for s in syns]
         if len(set(names)) != len(names):

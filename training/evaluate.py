@@ -112,27 +112,12 @@ def evaluate(bundles: Sequence[str | os.PathLike], data: str | os.PathLike,
     if not patients:
         raise InputError(f"no <patient>/ncct scan under {data}")
     with tempfile.TemporaryDirectory(prefix="vcesdk-eval-") as scratch:
-        syns = [Synthesizer(_as_bundle(m, Path(scratch), patients[0]), contrast_guard="off")
+        from .trainer import bundle_for   # torch only for checkpoints: imported here
+
+        parity = read_volume(find_phase(patients[0], "ncct"))
+        syns = [Synthesizer(bundle_for(m, scratch, parity), contrast_guard="off")
                 for m in bundles]
         return _evaluate(syns, data, patients, out, level, width, max_cases, overwrite)
-
-
-def _as_bundle(model: str | os.PathLike, scratch: Path, parity_patient: Path) -> Path:
-    """A bundle folder for `model`: itself, or a checkpoint exported into `scratch`."""
-    p = Path(model)
-    if (p / "manifest.json").is_file():
-        return p
-    ckpt_file = p / "checkpoint.pt" if p.is_dir() else p
-    if not ckpt_file.is_file():
-        raise InputError(f"{model} is neither a bundle (manifest.json) nor a run folder / "
-                         f"checkpoint (checkpoint.pt)")
-    from vcesdk.export import export_bundle
-
-    from .trainer import load_checkpoint
-
-    out = scratch / f"bundle{len(list(scratch.iterdir()))}"
-    return export_bundle(load_checkpoint(ckpt_file), out,
-                         read_volume(find_phase(parity_patient, "ncct")))
 
 
 def headroom_closed(model: dict, identity: dict, oracle: dict) -> dict[str, float]:

@@ -73,6 +73,30 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
+def bundle_for(model: str | os.PathLike, scratch: str | os.PathLike, parity) -> Path:
+    """A bundle folder for ``model``: the model itself when it is a bundle folder, else its
+    checkpoint (a run folder or a ``checkpoint.pt``) exported into a new folder under
+    ``scratch`` (ONNX, parity checked on the CTVolume ``parity``, as ``vcesdk export`` does).
+
+    Raises:
+        InputError: neither a bundle nor a checkpoint.
+    """
+    from vcesdk.errors import InputError
+
+    p = Path(model)
+    if (p / "manifest.json").is_file():
+        return p
+    ckpt = p / CHECKPOINT if p.is_dir() else p
+    if not ckpt.is_file():
+        raise InputError(f"{model} is neither a bundle (manifest.json) nor a run folder / "
+                         f"checkpoint ({CHECKPOINT})")
+    from vcesdk.export import export_bundle
+
+    scratch = Path(scratch)
+    return export_bundle(load_checkpoint(ckpt), scratch / f"bundle{len(list(scratch.iterdir()))}",
+                         parity)
+
+
 def generator_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the generator (eval mode, CPU) from a checkpoint dict."""
     g = create_generator(ckpt["network"]["name"], ckpt["network"]["config"])
