@@ -73,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
                              "export on)")
         if args.bundle and Path(args.bundle).exists() and not args.overwrite:
             raise InputError(f"bundle folder exists: {args.bundle} (pass --overwrite)")
-        if not Path(args.recipe).is_file():
-            raise InputError(f"recipe not found: {args.recipe}")
         sets = list(args.sets)
         sets += [f"train.device={args.device}"] if args.device else []
         sets += [f"train.amp={args.amp}"] if args.amp else []

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 with atomic_output(out, is_dir=True, overwrite=args.overwrite) as tmp:
                     write_real_anatomy_report(anatomy, tmp / "real_anatomy")
-    except (VcesdkError, FileNotFoundError) as exc:
+    except VcesdkError as exc:   # anything else is a bug: a traceback
         print(f"vcesdk-eval: error: {exc}", file=sys.stderr)
         return 1
     if args.data is not None:

@@ -292,15 +292,14 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read and check a YAML recipe.
 
     Raises:
-        FileNotFoundError: no such file.
-        RecipeError: invalid content (the message names the section, the key and the valid
+        RecipeError: no such file, or invalid content (the message names the section, the key and the valid
             keys).
     """
     import yaml
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"recipe not found: {p}")
+        raise RecipeError(f"recipe not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

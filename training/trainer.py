@@ -33,13 +33,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``).
 
     Raises:
-        FileNotFoundError: no such file.
+        InputError: no such file.
     """
+    from vcesdk.errors import InputError
+
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise InputError(f"checkpoint not found: {p}")
     return torch.load(p, map_location="cpu", weights_only=True)
 
 

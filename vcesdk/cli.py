@@ -233,10 +233,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if (src / "manifest.json").is_file():
         ckpt = bundle_writer.checkpoint_from_bundle(src)
     else:
-        try:
-            ckpt = trainer.load_checkpoint(src)
-        except FileNotFoundError as exc:
-            raise InputError(str(exc)) from None
+        ckpt = trainer.load_checkpoint(src)   # InputError when there is none
     calib = _read_ct_list(args.calib) if args.calib and args.target == "local" else ()
     path = bundle_writer.export_bundle(ckpt, args.output, read_volume(args.parity_input),
                                        demo=args.demo, overwrite=args.overwrite,
