@@ -7,8 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from vcesdk.training.methods import create_method
-from vcesdk.training.methods import create_generator
+from vcesdk.training.methods import create_generator, create_method
 from vcesdk.training.recipe import builtin_recipe, load_recipe
 from vcesdk.training.trainer import Trainer
 
@@ -94,3 +93,26 @@ def test_cyclegan_small_trains_unpaired(tmp_path):
         a = resumed.method.network(name).state_dict()
         b = trainer.method.network(name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_discriminator_sees_the_image_a_residual_makes():
+    """pix2pix with a residual target: D judges NCCT + residual in the last input window (the
+    image, as the paper's D), computed exactly as the runtime's windowing would show it."""
+    from vcesdk.intensity import Window, hu_to_channels
+    from vcesdk.training.methods.pix2pix import ImageView
+
+    r = load_recipe(builtin_recipe("pix2pix3d_small"))
+    method = create_method(r)
+    assert isinstance(method.image_view, ImageView)
+    windows = [Window(w["name"], w["level"], w["width"]) for w in r.model_io["windows"]]
+    rng = np.random.default_rng(0)
+    ncct = rng.uniform(-1100, 1100, (2, 3, 4, 5)).astype(np.float32)
+    res = rng.uniform(-400, 400, (2, 1, 4, 5)).astype(np.float32)
+    x = torch.from_numpy(np.stack([hu_to_channels(n[0], windows) for n in ncct]))
+    view = method.d_pair_view(x, torch.from_numpy(res / 500.0)).numpy()
+    inside = np.abs(ncct[:, :1]) < 1000          # the first window (W 2000) clips beyond
+    expected = np.stack([hu_to_channels(np.clip(n, -1000, 1000)[0] + d[0], windows[-1:])
+                         for n, d in zip(ncct, res)])
+    np.testing.assert_allclose(view[inside], expected[inside], atol=1e-5)
+    off = create_method(r.with_overrides(sets=["loss.d_on_image=false"]))
+    assert off.image_view is None

@@ -448,3 +448,22 @@ def test_residual_generators_start_as_the_identity(name):
         for net in nets:
             net.eval()
             assert torch.equal(net(x)[:, :1], x)
+
+
+def test_two_stage_identity_term_asks_g_cn_to_keep_a_real_ncct():
+    """loss.identity_weight (our option): stage 1 adds w x |G(C->N)(NCCT) - NCCT|_1 on the
+    unpaired NCCT (another patient's: the batch rolled); 0 leaves the paper's adversarial-only
+    stage 1."""
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 3, 32, 32) * 2 - 1, torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    base = _short("two_stage_small", 1).with_overrides(sets=[
+        "loss.pretrain_steps=0", "loss.stage1_steps=5", "generator.config.residual=false"])
+    m = create_method(base)
+    m.step = 0
+    with torch.no_grad():
+        expected = (m.backward_generator(x.roll(1, 0)) - x.roll(1, 0)).abs().mean()
+    terms = m.train_step(x, y)
+    assert terms["identity"] == pytest.approx(float(expected), rel=1e-5)
+    off = create_method(base.with_overrides(sets=["loss.identity_weight=0"]))
+    off.step = 0
+    assert "identity" not in off.train_step(x, y)
