@@ -113,11 +113,18 @@ def test_misspelt_recipe_keys_are_refused_with_the_valid_keys(tmp_path):
     with pytest.raises(RecipeError, match=r"generator.config of 'mangan': unknown key\(s\) "
                                           r"\['blokcs'\]; valid keys: .*'blocks'"):
         load_recipe(path)
+    # values are checked against the field's type; YAML 1.1 strings like 1e-4 become numbers
+    r = load_recipe(builtin_recipe("dual_path_small"))
+    assert r.with_overrides(sets=["loss.pretrain_lr=1e-4"]).loss["pretrain_lr"] == 1e-4
     for bad, msg in (("train.amp=fp8", "train.amp must be one of"),
+                     ("loss.mse_weight=maybe", "loss.mse_weight must be float"),
+                     ("train.steps=2.5", "train.steps must be int"),
+                     ("model_io.target=foo", "model_io.target must be one of"),
+                     ("data.crop=[8]", r"data.crop must be 3 positive numbers"),
                      ("train.device=tpu", "train.device must be one of"),
                      ("train.stpes=3", r"section 'train': unknown key\(s\) \['stpes'\]")):
         with pytest.raises(RecipeError, match=msg):
-            load_recipe(builtin_recipe("unet_l1_small")).with_overrides(sets=[bad])
+            r.with_overrides(sets=[bad])
 
 
 def test_cli_reports_recipe_errors_in_one_line_and_trains_nothing(tmp_path, capsys):

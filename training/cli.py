@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except VcesdkError as exc:   # anything else is a bug: a traceback, not one line
         print(f"vcesdk-train: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()   # a run refused after torchrun's start
     return 0
 
 

@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from vcesdk.bundle import PHASES  # the contrast phases a recipe (and its bundle) can target
+from vcesdk.bundle import BLENDS, COMPOSE_MODES, PHASES  # what a bundle can declare
 from vcesdk.errors import RecipeError
 
+from .data import TARGETS
 from .methods import method_class
 from .methods.base import AMP_MODES
 from .registry import DISCRIMINATORS, GENERATORS
@@ -133,7 +134,7 @@ def check_section(cls: type, values: dict, where: str) -> dict:
 
     Raises:
         RecipeError: unknown keys (the message lists the valid ones), missing required keys,
-            or values the dataclass rejects.
+            or a value that is not of the field's declared type.
     """
     if not isinstance(values, dict):
         raise RecipeError(f"recipe section {where!r} must be a mapping, got "
@@ -148,11 +149,56 @@ def check_section(cls: type, values: dict, where: str) -> dict:
                      and f.default_factory is dataclasses.MISSING)
     if missing:
         raise RecipeError(f"recipe section {where!r}: missing key(s) {missing}")
+    typed = {name: _coerce(values[name], str(fields[name].type), f"{where}.{name}")
+             for name in values}
     try:
-        resolved = cls(**values)
+        resolved = cls(**typed)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"recipe section {where!r}: {exc}") from None
     return _plain(dataclasses.asdict(resolved))
+
+
+def _coerce(value: Any, annotation: str, key: str) -> Any:
+    """``value`` as the type a config field declares (its annotation as written: "float",
+    "int", "bool", "str", "tuple[...]", with "| None"); numbers written as strings (YAML 1.1
+    reads ``1e-4`` as a string) become numbers.
+
+    Raises:
+        RecipeError: the value cannot be that type.
+    """
+    kinds = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise RecipeError(f"{key} needs a value ({annotation}), got null")
+    kind = kinds[0]
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if kind.startswith("tuple"):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            inner = kind[len("tuple["):-1].split(",")[0].strip() if "[" in kind else "Any"
+            if inner in ("int", "float"):
+                return tuple(_coerce(v, inner, key) for v in value)
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"{key} must be {annotation}, got {value!r}") from None
+    return value
 
 
 def _check_network(table: dict, kind: str, spec: Any) -> dict:
@@ -168,6 +214,34 @@ def _check_network(table: dict, kind: str, spec: Any) -> dict:
         raise RecipeError(f"{kind}.config of {name!r}: unknown key(s) {unknown}; valid keys: "
                           f"{valid}")
     return {"name": name, "config": _plain(cfg)}
+
+
+def _check_choices(r: dict) -> None:
+    """Values with a fixed set of choices or a range."""
+    io, inf, t, data = r["model_io"], r["inference"], r["train"], r["data"]
+    choices = [("model_io.target", io["target"], TARGETS),
+               ("inference.compose", inf["compose"], COMPOSE_MODES),
+               ("inference.blend", inf["blend"], BLENDS)]
+    for key, value, valid in choices:
+        if value not in valid:
+            raise RecipeError(f"{key} must be one of {valid}, got {value!r}")
+    for key, value, low in (("train.steps", t["steps"], 0), ("train.batch_size",
+                            t["batch_size"], 1), ("train.workers", t["workers"], 0),
+                            ("train.val_every", t["val_every"], 0),
+                            ("train.ckpt_every", t["ckpt_every"], 0),
+                            ("inference.window_slices", inf["window_slices"], 1)):
+        if value < low:
+            raise RecipeError(f"{key} must be >= {low}, got {value}")
+    for key in ("shape", "spacing_mm", "crop"):
+        if len(data[key]) != 3 or min(data[key]) <= 0:
+            raise RecipeError(f"data.{key} must be 3 positive numbers (z, y, x), got "
+                              f"{data[key]}")
+    if len(io["hu_range"]) != 2 or io["hu_range"][0] >= io["hu_range"][1]:
+        raise RecipeError(f"model_io.hu_range must be [low, high], got {io['hu_range']}")
+    for i, w in enumerate(io["windows"]):
+        if not isinstance(w, dict) or {"level", "width"} - set(w) or float(w["width"]) <= 0:
+            raise RecipeError(f"model_io.windows[{i}] must be {{name, level, width > 0}}, got "
+                              f"{w!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,11 +301,17 @@ class Recipe:
         disc = d.get("discriminator") or {}
         out["discriminator"] = (_check_network(DISCRIMINATORS, "discriminator", disc)
                                 if disc else {})
+        train = dict(d["train"] or {})
+        if train.get("amp") is False:   # YAML 1.1 reads a bare `off` as false
+            train["amp"] = "off"
+        sections = {**d, "train": train}
         for section, klass in {**_FIXED, "loss": method.Loss, "optim": method.Optim}.items():
-            out[section] = check_section(klass, d[section] or {}, section)
+            out[section] = check_section(klass, sections[section] or {}, section)
+        if method.NEEDS_DISCRIMINATOR and not out["discriminator"]:
+            raise RecipeError(f"method {d['method']!r} trains a discriminator: the recipe's "
+                              f"discriminator section needs {{name, config}}")
+        _check_choices(out)
         t = out["train"]
-        if t["amp"] is False:   # YAML 1.1 reads a bare `off` as false
-            t["amp"] = "off"
         if t["device"] not in DEVICES:
             raise RecipeError(f"train.device must be one of {DEVICES}, got {t['device']!r}")
         if t["amp"] not in AMP_MODES:

@@ -177,8 +177,9 @@ class Trainer:
         ck = self.out / CHECKPOINT
         if resume and ck.is_file():
             self._restore(load_checkpoint(ck))
-        # DDP under torchrun: every rank draws the same global batch (same seed) and trains on
-        # its slice; DDP averages the gradients, so the curve matches one process
+        # under torchrun every rank draws the same global batch (same seed) and trains on its
+        # slice; gradients are averaged (DDP, or Method.optimize), so the curve matches one
+        # process up to per-process BatchNorm batch statistics
         self.world, self.rank = 1, 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.world = torch.distributed.get_world_size()
@@ -187,6 +188,12 @@ class Trainer:
             if int(recipe.train["batch_size"]) % self.world:
                 raise TrainingError(f"train.batch_size {recipe.train['batch_size']} is not "
                                     f"divisible by the {self.world} processes")
+        need = self.method.MIN_WINDOWS_PER_PROCESS
+        if int(recipe.train["batch_size"]) // self.world < need:
+            raise TrainingError(f"method {recipe.method!r} needs {need} windows per process "
+                                f"and step; train.batch_size {recipe.train['batch_size']} over "
+                                f"{self.world} process(es) gives fewer")
+        if self.world > 1:
             self.method.wrap_ddp([self.device.index] if self.device.type == "cuda" else None)
         if self.rank == 0:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
@@ -310,6 +317,7 @@ class Trainer:
                                  device=self.device)
                 torch.distributed.all_reduce(v)
                 losses = {n: float(a) / self.world for n, a in zip(names, v.tolist())}
+            self.method.sync_buffers()
             self.step += 1
             self.method.on_step_end(self.step)
             record = {"step": self.step, "time_s": round(time.perf_counter() - t0, 3),

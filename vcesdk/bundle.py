@@ -77,7 +77,8 @@ class Bundle:
         resample_mm: (z, y, x) spacing the model runs at, or None (native grid).
         output_hu: (lo, hi) HU that the output range [-1, 1] maps to.
         compose: "replace" (output is the sCECT), "add_difference" (sCECT = input +
-            (output - input clipped to output_hu), computed on the model grid) or
+            (output - input) where the input is inside output_hu, + 0 outside it, computed on
+            the model grid) or
             "add_residual" (the output is the enhancement sCECT - NCCT in HU; sCECT = input +
             output brought to the input's grid).
         difference_floor_hu: for the add_* modes, the added HU are clamped to at least this

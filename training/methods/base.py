@@ -117,15 +117,22 @@ class Method(nn.Module, abc.ABC):
             the paper's values where it gives them); ``self.loss`` / ``self.optim`` hold the
             recipe's values as these types.
         NETWORKS: the checkpointed networks, the exported generator first.
-        SUPPORTS_DDP: every network runs as one DistributedDataParallel module (one pass of
-            each per backward, every parameter used); the staged / cyclic methods average
-            gradients in :meth:`optimize` instead, so they train under torchrun too.
+        NEEDS_DISCRIMINATOR: the recipe must name a discriminator.
+        MIN_WINDOWS_PER_PROCESS: windows each process needs per step (2 for methods that
+            unpair a batch by rolling it).
+        SUPPORTS_DDP: every network runs as one DistributedDataParallel module (every
+            parameter used in every backward, no buffers changed between the passes of one
+            step); the staged / cyclic methods average gradients in :meth:`optimize` and take
+            rank 0's buffers (BatchNorm statistics) after every step instead
+            (:meth:`sync_buffers`), so they train under torchrun too.
     """
 
     name = "base"
     Loss: type = NoLoss
     Optim: type = AdamConfig
     NETWORKS: tuple[str, ...] = ("generator", "discriminator")
+    NEEDS_DISCRIMINATOR = True
+    MIN_WINDOWS_PER_PROCESS = 1
     SUPPORTS_DDP = False
     generator: nn.Module
     step: int = 0
@@ -209,6 +216,14 @@ class Method(nn.Module, abc.ABC):
             for g in grads:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
                 offset += g.numel()
+
+    def sync_buffers(self) -> None:
+        """Where gradients are averaged in :meth:`optimize`: every process takes rank 0's
+        buffers (BatchNorm running statistics), as DDP's broadcast_buffers does, so the
+        frozen networks and the exported generator are the same on every rank."""
+        if self._grad_sync_world > 1:
+            for b in self.buffers():
+                torch.distributed.broadcast(b, 0)
 
     def wrap_ddp(self, device_ids: list[int] | None = None) -> None:
         """Make the method's updates average gradients over the processes of a torchrun run

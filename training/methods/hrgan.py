@@ -301,13 +301,16 @@ class _HRGanBase(Method):
                                               g_cfg.get("channels", (32, 64, 128, 256, 512)))
         self.pretrain_steps = int(self.loss.pretrain_steps)
         self.perceptual_blocks = perceptual_blocks
-        self.opt_p = torch.optim.Adam(self.perceptual.parameters(), lr=self.loss.pretrain_lr)
-        self.rng = torch.Generator().manual_seed(int(recipe.train.get("seed", 0)))
+        self.opt_p = torch.optim.Adam(self.perceptual.parameters(),
+                                      lr=float(self.loss.pretrain_lr))
+        self.seed = int(recipe.train["seed"])
 
     def pretrain_step(self, x: torch.Tensor) -> dict[str, float]:
         """One step of the intensity pretext task on NCCT slices (with their neighbours)."""
         self.perceptual.train()
-        scaled, labels = intensity_pretext(slice_stacks(x, self.context), self.rng)
+        # labels drawn from (seed, step): a resumed run draws what an uninterrupted one would
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        scaled, labels = intensity_pretext(slice_stacks(x, self.context), rng)
         logits = self.perceptual(scaled)
         loss = tf.cross_entropy(logits, labels)
         self.optimize(self.opt_p, loss)

@@ -174,6 +174,8 @@ class ManGanGenerator(SliceWise):
         norm: MANorm's normalisation, "batch" (the paper) or "instance".
         residual: channel 0 = the input window + the generator's output (last conv zeroed:
             starts as the identity); our option (METHOD-REVIEW: +6.8 dB at the small size).
+        context: neighbouring slices per side fed to MaskNet and the generator as channels
+            (0: the paper's single slice; 1: three slices, as 001 / 002 / 004 do).
 
     Shapes: (B, in_channels, d, h, w) -> (B, 2, d, h, w), h and w multiples of 4; each slice
     on its own.
@@ -181,13 +183,15 @@ class ManGanGenerator(SliceWise):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, base: int = 64,
                  blocks: int = 9, mask_base: int = 32, hidden: int = 64,
-                 norm: str = "instance", residual: bool = False) -> None:
+                 norm: str = "instance", residual: bool = False, context: int = 0) -> None:
         super().__init__()
         if out_channels != 2:
             raise ValueError(f"mangan returns (sCECT, subtraction): out_channels must be 2, "
                              f"got {out_channels}")
-        self.masknet = MaskNet(in_channels, mask_base)
-        self.net = ResnetGenerator2d(in_channels, 1, base, blocks, mask_adaptive=True,
+        self.context = int(context)
+        cin = in_channels * (2 * self.context + 1)
+        self.masknet = MaskNet(cin, mask_base)
+        self.net = ResnetGenerator2d(cin, 1, base, blocks, mask_adaptive=True,
                                      hidden=hidden, norm=norm)
         self.set_residual(residual)
 

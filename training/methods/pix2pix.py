@@ -145,6 +145,7 @@ class UNetL1(Method):
     Loss = L1Loss
     Optim = UNetOptim
     NETWORKS = ("generator",)
+    NEEDS_DISCRIMINATOR = False
     SUPPORTS_DDP = True
 
     def __init__(self, recipe: "Recipe") -> None:
@@ -188,6 +189,7 @@ class CycleGAN(Method):
 
     Loss = CycleGANLoss
     NETWORKS = ("generator", "backward_generator", "discriminator", "discriminator_x")
+    MIN_WINDOWS_PER_PROCESS = 2   # the targets are rolled along each process's batch
 
     def __init__(self, recipe: "Recipe") -> None:
         super().__init__(recipe)

@@ -296,6 +296,7 @@ class TwoStage(Method):
     """
 
     Loss = TwoStageLoss
+    MIN_WINDOWS_PER_PROCESS = 2   # the adversarial terms see another window's NCCT (rolled)
     NETWORKS = ("generator", "discriminator", "backward_generator", "perceptual",
                 "discriminator_x")
 
