@@ -143,11 +143,16 @@ def test_vcesdk_data_layout(tmp_path):
     names = sorted(p.name for p in pdir.iterdir())
     assert names == sorted(["ncct.nii.gz", "ap.nii.gz", "pvp.nii.gz", "dp.nii.gz",
                             "ap_aligned.nii.gz", "pvp_aligned.nii.gz", "dp_aligned.nii.gz",
-                            "labels.nii.gz", "ncct", "ap", "pvp", "dp"])
+                            "labels.nii.gz", "ncct", "ap", "pvp", "dp",
+                            *(f"{p}_clean.nii.gz" for p in PHASES)])
     # NIfTI without vcesdk: SimpleITK; the phases equal a fresh phantom after int16 rounding
     case = make_phantom(40, shape=(12, 64, 64), spacing_mm=(4, 4, 4), phases=PHASES)
     ncct = sitk.GetArrayFromImage(sitk.ReadImage(str(pdir / "ncct.nii.gz")))
     np.testing.assert_array_equal(ncct, np.rint(case.phases["ncct"]))
+    # the noise-free truth beside each phase (vcesdk-eval's oracle), on the NCCT grid
+    clean = sitk.GetArrayFromImage(sitk.ReadImage(str(pdir / "pvp_clean.nii.gz")))
+    np.testing.assert_array_equal(clean, np.rint(case.clean["pvp"]))
+    assert 10.0 < float(np.std(np.rint(case.phases["pvp"]) - clean)) < 20.0   # the 15 HU noise
     aligned = sitk.GetArrayFromImage(sitk.ReadImage(str(pdir / "pvp_aligned.nii.gz")))
     np.testing.assert_array_equal(aligned, np.rint(case.phases["pvp"]))
     moved = sitk.GetArrayFromImage(sitk.ReadImage(str(pdir / "pvp.nii.gz")))
