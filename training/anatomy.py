@@ -31,7 +31,8 @@ timing (Bae 2010): read errors of that size as agreement, while a model that lea
 at +5 HU in PVP, or lifts fat by +50 HU, fails the check.
 
 ``vcesdk-eval MODEL ... --real-anatomy DIR --out OUT`` runs each model on the CT in DIR and
-writes the report to ``OUT/real_anatomy/`` (:func:`evaluate_real_anatomy`). DIR holds (accepted
+writes the report to ``OUT/real_anatomy/`` (:func:`real_anatomy_results`,
+:func:`write_real_anatomy_report`). DIR holds (accepted
 names, first found wins): the CT ``ct.nii.gz`` / ``ct.nii`` / ``ct.nrrd`` / ``ct.mha`` or a DICOM
 folder ``ct/``; the label map ``total_seg.nii.gz`` / ``total_seg.nii`` / ``total_seg.nrrd`` /
 ``total_seg.mha``; the label JSON ``total_seg_labels.json`` or ``labels.json``; optionally
@@ -49,7 +50,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from vcesdk.errors import InputError, VolumeWriteError
+from vcesdk.errors import InputError
 from vcesdk.fileio import atomic_output
 from vcesdk.volume import CTVolume, read_volume
 
@@ -297,12 +298,26 @@ def real_anatomy_check(ct: PathLike | CTVolume, labels: PathLike | VolumeLike,
             no organ group with voxels left after erosion.
         VolumeReadError: a file cannot be read.
     """
-    if not predicted:
-        raise InputError("no predicted volume: pass {phase: sCECT volume}")
-    bad = [p for p in predicted if p not in PHANTOM_PHASES or p == "ncct"]
-    if bad:
-        raise InputError(f"predicted phases must be among {', '.join(PHANTOM_PHASES[1:])}, got "
-                         f"{', '.join(map(repr, bad))}")
+    return _score(_prepare_case(ct, labels, label_json, masks_dir), predicted, model)
+
+
+@dataclasses.dataclass
+class _Case:
+    """A real-anatomy case read and masked once (several models are scored against it)."""
+
+    ct: PathLike | CTVolume
+    labels: PathLike | VolumeLike
+    ct_vol: CTVolume | np.ndarray
+    ct_hu: np.ndarray
+    masks: dict[str, tuple[np.ndarray, int, str]]
+    skipped: dict[str, str]
+    groups: dict[str, dict]
+
+
+def _prepare_case(ct: PathLike | CTVolume, labels: PathLike | VolumeLike,
+                  label_json: PathLike | Mapping, masks_dir: PathLike | None) -> _Case:
+    """Read the CT and label map, check their grid, build the eroded group masks and the
+    groups' native medians (see :func:`real_anatomy_check` for the errors)."""
     ct_vol = _volume(ct)
     ct_hu = _array(ct_vol).astype(np.float64)
     lab_vol = _volume(labels)
@@ -326,12 +341,26 @@ def real_anatomy_check(ct: PathLike | CTVolume, labels: PathLike | VolumeLike,
                         "note": g.note, "voxels": int(mask.sum()),
                         "voxels_before_erosion": before,
                         "native_median_hu": float(np.median(ct_hu[mask]))}
+    return _Case(ct, labels, ct_vol, ct_hu, masks, skipped, groups)
+
+
+def _score(case: _Case, predicted: Mapping[str, VolumeLike], model: str | None
+           ) -> dict[str, Any]:
+    """The result of :func:`real_anatomy_check` for one model's predictions on a case."""
+    if not predicted:
+        raise InputError("no predicted volume: pass {phase: sCECT volume}")
+    bad = [p for p in predicted if p not in PHANTOM_PHASES or p == "ncct"]
+    if bad:
+        raise InputError(f"predicted phases must be among {', '.join(PHANTOM_PHASES[1:])}, got "
+                         f"{', '.join(map(repr, bad))}")
+    table = {g.name: g for g in ORGAN_GROUPS}
+    ct_hu, groups = case.ct_hu, case.groups
     phases: dict[str, dict] = {}
     for phase, pred in predicted.items():
-        _same_grid(ct_vol, pred, f"the {phase} prediction")
+        _same_grid(case.ct_vol, pred, f"the {phase} prediction")
         pred_hu = _array(pred).astype(np.float64)
         organs = {}
-        for name, (mask, _, _) in masks.items():
+        for name, (mask, _, _) in case.masks.items():
             ref = reference_change(table[name].reference_rows, phase)
             change = float(np.median(pred_hu[mask] - ct_hu[mask]))
             organs[name] = {"native_median_hu": groups[name]["native_median_hu"],
@@ -342,15 +371,17 @@ def real_anatomy_check(ct: PathLike | CTVolume, labels: PathLike | VolumeLike,
             np.mean([abs(o["error_hu"]) for o in organs.values()]))}
         _logger.info("real anatomy %s %s: mean |error| %.1f HU over %d groups", model, phase,
                      phases[phase]["mean_abs_error_hu"], len(organs))
+    ct, labels = case.ct, case.labels
     return {"model": model,
             "ct": str(ct) if not isinstance(ct, CTVolume) else None,
             "labels": str(labels) if not isinstance(labels, (CTVolume, np.ndarray)) else None,
             "shape": list(ct_hu.shape),
-            "spacing_mm": list(ct_vol.spacing_mm) if isinstance(ct_vol, CTVolume) else None,
+            "spacing_mm": (list(case.ct_vol.spacing_mm) if isinstance(case.ct_vol, CTVolume)
+                           else None),
             "erosion": EROSION,
             "reference": "vcesdk.training.phantom.TISSUE_HU (phase - ncct; Lamba 2014, Bae "
                          "2010, Yuh & Cohan 1999)",
-            "groups": groups, "skipped": skipped, "phases": phases}
+            "groups": groups, "skipped": case.skipped, "phases": phases}
 
 
 # --- report -----------------------------------------------------------------------------
@@ -490,13 +521,11 @@ def write_real_anatomy_report(result: dict | Sequence[dict], out_dir: PathLike,
 
 # --- vcesdk-eval --real-anatomy ----------------------------------------------------------
 
-def _first(folder: Path, names: Sequence[str], what: str, required: bool = True) -> Path | None:
+def _first(folder: Path, names: Sequence[str], what: str) -> Path:
     for n in names:
         if (folder / n).exists():
             return folder / n
-    if required:
-        raise InputError(f"no {what} in {folder} (expected one of {', '.join(names)})")
-    return None
+    raise InputError(f"no {what} in {folder} (expected one of {', '.join(names)})")
 
 
 def find_case_files(case_dir: PathLike) -> dict[str, Path]:
@@ -512,7 +541,7 @@ def find_case_files(case_dir: PathLike) -> dict[str, Path]:
     d = Path(case_dir)
     if not d.is_dir():
         raise InputError(f"real-anatomy folder not found: {d}")
-    return {"ct": _first(d, CT_NAMES, "CT"),  # type: ignore[dict-item]
+    return {"ct": _first(d, CT_NAMES, "CT"),
             "labels": _first(d, LABEL_MAP_NAMES, "TotalSegmentator label map"),
             "label_json": _first(d, LABEL_JSON_NAMES, "label JSON"), "masks_dir": d}
 
@@ -545,38 +574,16 @@ def real_anatomy_results(models: Sequence[PathLike], case_dir: PathLike) -> list
     if not models:
         raise InputError("no model to check")
     files = find_case_files(case_dir)
-    ct = read_volume(files["ct"])
-    labels = read_volume(files["labels"])
-    results = []
+    case = _prepare_case(files["ct"], files["labels"], files["label_json"], files["masks_dir"])
+    ct = case.ct_vol
     with tempfile.TemporaryDirectory(prefix="vcesdk-anatomy-") as scratch:
         syns = [Synthesizer(bundle_for(m, scratch, ct), contrast_guard="off")
                 for m in models]
         names = [s.bundle.name for s in syns]
         if len(set(names)) != len(names):
             raise InputError(f"two models share a bundle name ({', '.join(names)})")
-        for syn in syns:
-            result = real_anatomy_check(ct, labels, files["label_json"],
-                                        {syn.bundle.phase: syn.synthesize(ct)},
-                                        masks_dir=files["masks_dir"], model=syn.bundle.name)
-            result["ct"], result["labels"] = str(files["ct"]), str(files["labels"])
-            results.append(result)
-    return results
-
-
-def evaluate_real_anatomy(models: Sequence[PathLike], case_dir: PathLike, out_dir: PathLike,
-                          overwrite: bool = False) -> Path:
-    """:func:`real_anatomy_results` then :func:`write_real_anatomy_report` to `out_dir`.
-
-    Raises:
-        InputError: see :func:`real_anatomy_results`.
-        VolumeWriteError: `out_dir` exists and not `overwrite` (checked before any model
-            runs).
-    """
-    if Path(out_dir).exists() and not overwrite:
-        raise VolumeWriteError(f"output already exists: {out_dir} (choose another path or "
-                               f"pass overwrite)")
-    return write_real_anatomy_report(real_anatomy_results(models, case_dir), out_dir,
-                                     overwrite=overwrite)
+        return [_score(case, {syn.bundle.phase: syn.synthesize(ct)}, syn.bundle.name)
+                for syn in syns]
 
 
 def summary_lines(results: Sequence[dict]) -> list[str]:

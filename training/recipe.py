@@ -221,7 +221,8 @@ def _check_choices(r: dict) -> None:
     io, inf, t, data = r["model_io"], r["inference"], r["train"], r["data"]
     choices = [("model_io.target", io["target"], TARGETS),
                ("inference.compose", inf["compose"], COMPOSE_MODES),
-               ("inference.blend", inf["blend"], BLENDS)]
+               ("inference.blend", inf["blend"], BLENDS),
+               ("train.device", t["device"], DEVICES), ("train.amp", t["amp"], AMP_MODES)]
     for key, value, valid in choices:
         if value not in valid:
             raise RecipeError(f"{key} must be one of {valid}, got {value!r}")
@@ -311,11 +312,6 @@ class Recipe:
             raise RecipeError(f"method {d['method']!r} trains a discriminator: the recipe's "
                               f"discriminator section needs {{name, config}}")
         _check_choices(out)
-        t = out["train"]
-        if t["device"] not in DEVICES:
-            raise RecipeError(f"train.device must be one of {DEVICES}, got {t['device']!r}")
-        if t["amp"] not in AMP_MODES:
-            raise RecipeError(f"train.amp must be one of {AMP_MODES}, got {t['amp']!r}")
         return cls(**out)
 
     def with_overrides(self, steps: int | None = None, phase: str | None = None,

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vcesdk.errors import RecipeError, TrainingError
+from vcesdk.errors import InputError, RecipeError, TrainingError
 from vcesdk.intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu, windows_from_manifest
 
 from .data import DatasetPairs, PhantomPairs, UnpairedVolumes, WindowStream, dataset_patients
@@ -35,8 +35,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         InputError: no such file.
     """
-    from vcesdk.errors import InputError
-
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
@@ -83,8 +81,6 @@ def bundle_for(model: str | os.PathLike, scratch: str | os.PathLike, parity) -> 
     Raises:
         InputError: neither a bundle nor a checkpoint.
     """
-    from vcesdk.errors import InputError
-
     p = Path(model)
     if (p / "manifest.json").is_file():
         return p

@@ -321,3 +321,8 @@ def bundle_from_manifest(path: str | os.PathLike, m: dict) -> Bundle:
         orientation=str(inp.get("orientation", "LPS")),
         auxiliary=auxiliary_from_manifest(out),
     )
+
+
+def round_up(n: int, m: int) -> int:
+    """``n`` rounded up to a multiple of ``m`` (a bundle's size multiple), both positive."""
+    return ((n + m - 1) // m) * m

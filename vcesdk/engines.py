@@ -20,9 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .bundle import Bundle
+from .bundle import Bundle, round_up
 from .errors import BundleError, MissingDependencyError, ProviderError
-from .runtime import _round_up
 
 MODEL_INPUT = "ncct"
 """Name of the model input tensor in every exported graph (ONNX, TensorRT)."""
@@ -109,7 +108,7 @@ def engine_profiles(bundle: Bundle, max_batch: int | None = None,
         m = bundle.multiple_of[axis]
         fixed = bundle.window[axis]
         dims.append((fixed, fixed, fixed) if fixed else
-                    (_round_up(lo, m), _round_up(opt, m), _round_up(hi, m)))
+                    (round_up(lo, m), round_up(opt, m), round_up(hi, m)))
     return {MODEL_INPUT: {
         "min": [1, c, d, dims[0][0], dims[1][0]],
         "opt": [b_opt, c, d, dims[0][1], dims[1][1]],

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle, round_up
 from .contrast import check_contrast
 from .errors import (
     InputError,
@@ -86,10 +86,6 @@ class LatencyReport:
         return (f"latency: {self.median_ms_per_slice:.1f} ms/slice median model time, "
                 f"{self.end_to_end_ms_per_slice:.1f} ms/slice end to end over {self.slices} "
                 f"slices ({self.windows} windows) on {self.backend}")
-
-
-def _round_up(n: int, m: int) -> int:
-    return ((n + m - 1) // m) * m
 
 
 def resolve_providers(requested: Sequence[str] | None, bundle: Bundle | None = None
@@ -170,12 +166,12 @@ def plan_windows(bundle: Bundle, shape: Sequence[int]
     window.
     """
     d = bundle.window[0]
-    padded = [max(_round_up(int(shape[0]), bundle.multiple_of[0]), d)]
+    padded = [max(round_up(int(shape[0]), bundle.multiple_of[0]), d)]
     window = [d]
     stride = [bundle.stride[0]]
     for axis in (1, 2):
         size = bundle.window[axis]
-        n = _round_up(int(shape[axis]), bundle.multiple_of[axis])
+        n = round_up(int(shape[axis]), bundle.multiple_of[axis])
         if size is None:
             padded.append(n)
             window.append(n)

@@ -136,15 +136,14 @@ class Method(nn.Module, abc.ABC):
     SUPPORTS_DDP = False
     generator: nn.Module
     step: int = 0
+    pretrain_steps: int = 0
 
     def __init__(self, recipe: "Recipe") -> None:
         super().__init__()
         self.recipe = recipe
         self.loss = self.Loss(**recipe.loss)
         self.optim = self.Optim(**recipe.optim)
-        self.amp = str(recipe.train.get("amp", "off"))
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"train.amp must be one of {AMP_MODES}, got {self.amp!r}")
+        self.amp = str(recipe.train.get("amp", "off"))   # checked with the recipe
         self._scalers: dict[int, Any] = {}
         self._grad_sync_world = 1
 
@@ -153,7 +152,11 @@ class Method(nn.Module, abc.ABC):
         """One optimisation step on a batch (on the method's device); returns the losses."""
 
     def on_step_end(self, step: int) -> None:
-        """Called after each step (learning-rate schedules)."""
+        """Called after each step: every scheduler of :meth:`schedulers` steps once the
+        method's pretraining (``pretrain_steps``, 0 for most) is over."""
+        if step > self.pretrain_steps:
+            for sched in self.schedulers().values():
+                sched.step()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Named optimisers (for checkpointing)."""

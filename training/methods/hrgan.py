@@ -393,11 +393,6 @@ class DualPath(_HRGanBase):
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms,
                 "l1_local": terms_local["l1"]}
 
-    def on_step_end(self, step: int) -> None:
-        if step > self.pretrain_steps:
-            self.sched_g.step()
-            self.sched_d.step()
-
 
 @register_method("dyefreenet")
 class DyeFreeNetMethod(_HRGanBase):

@@ -304,7 +304,3 @@ class ManGan(Method):
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "gan": gan.item(),
                 "l1": terms["rec"].item(), "mask_l1": terms["mask"].item(),
                 "cycle": terms["cycle"].item()}
-
-    def on_step_end(self, step: int) -> None:
-        self.sched_g.step()
-        self.sched_d.step()

@@ -132,10 +132,6 @@ class Pix2Pix3D(Method):
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "loss_gan": loss_gan.item(),
                 "l1": loss_l1.item()}
 
-    def on_step_end(self, step: int) -> None:
-        self.sched_g.step()
-        self.sched_d.step()
-
 
 @register_method("unet_l1")
 class UNetL1(Method):
@@ -163,9 +159,6 @@ class UNetL1(Method):
         l1 = (self.generator(x) - y).abs().mean()
         self.optimize(self.opt_g, self.loss.l1_weight * l1)
         return {"l1": l1.item()}
-
-    def on_step_end(self, step: int) -> None:
-        self.sched_g.step()
 
 
 @register_method("pix2pix")
@@ -235,7 +228,3 @@ class CycleGAN(Method):
         self.optimize(self.opt_d, loss_d)
         return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "cycle": cycle.item(),
                 "adv": adv.item()}
-
-    def on_step_end(self, step: int) -> None:
-        self.sched_g.step()
-        self.sched_d.step()

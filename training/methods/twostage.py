@@ -405,8 +405,3 @@ class TwoStage(Method):
         self.optimize(self.opt_g, loss_g)
         out["loss_g"] = loss_g.item()
         return out
-
-    def on_step_end(self, step: int) -> None:
-        if step > self.pretrain_steps:
-            self.sched_g.step()
-            self.sched_d.step()
