@@ -35,6 +35,7 @@ setup(
     cmdclass={"build_ext": build_ext},
     packages=[
         "vcesdk",
+        "vcesdk.io",
         "vcesdk.models",
         "vcesdk.models.demo_pvp",
         "vcesdk.data",

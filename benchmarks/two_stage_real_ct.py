@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vcesdk import Synthesizer, read_volume
     from vcesdk.contrast import estimate_contrast
-    from vcesdk.fileio import atomic_output
+    from vcesdk.io.atomic import atomic_output
     from vcesdk.preview import preview_strip
     from vcesdk.volume import orient_volume
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 before, after = estimate_contrast(vol), estimate_contrast(res)
                 shown, shown_out = orient_volume(vol), orient_volume(res)
                 png = out / f"{name}_{'c2n' if net == 'G(C->N)' else 'n2c'}.png"
-                preview_strip(shown.hu, shown_out.hu, png, spacing_mm=shown.spacing_mm)
+                preview_strip(shown.hu, shown_out.hu, png, spacing_mm=shown.spacing_zyx_mm)
                 report["volumes"][name] = {
                     "network": net, "input": str(path), "png": png.name,
                     "before": dataclasses.asdict(before), "after": dataclasses.asdict(after),

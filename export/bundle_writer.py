@@ -24,7 +24,7 @@ from vcesdk.bundle import (
 )
 from vcesdk.engines import MODEL_INPUT, engine_profiles, local_gpu_environment, sidecar_path
 from vcesdk.errors import BundleError, InputError, MissingDependencyError
-from vcesdk.fileio import atomic_output
+from vcesdk.io.atomic import atomic_output
 from vcesdk.runtime import prepare_model_input
 from vcesdk.volume import CTVolume
 

@@ -31,7 +31,7 @@ from typing import Sequence
 from vcesdk.bundle import Bundle, load_bundle
 from vcesdk.engines import MODEL_INPUT, MODEL_OUTPUT, engine_profiles, sidecar_path
 from vcesdk.errors import BundleError, InputError, MissingDependencyError
-from vcesdk.fileio import atomic_output
+from vcesdk.io.atomic import atomic_output
 
 from .formats import _closest
 

@@ -72,7 +72,7 @@ def case(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(LABEL_JSON))
     _save(ct, tmp_path / "ct.nii.gz")
     _save(lab, tmp_path / "total_seg.nii.gz")
-    vol = lambda a: vcesdk.CTVolume(hu=a, spacing_mm=SPACING)  # noqa: E731
+    vol = lambda a: vcesdk.CTVolume(hu=a, spacing_zyx_mm=SPACING)  # noqa: E731
     return {"ct": vol(ct), "pred": vol(pred), "labels": lab, "dir": tmp_path, "masks": masks}
 
 
@@ -164,7 +164,7 @@ def test_volume_edge_is_not_an_organ_boundary():
     lab = np.zeros(SHAPE, np.uint8)
     lab[_box(0, 4, 4)] = 5
     ct[_box(0, 4, 4)] = 60.0
-    r = real_anatomy_check(vcesdk.CTVolume(hu=ct, spacing_mm=SPACING), lab, LABEL_JSON,
+    r = real_anatomy_check(vcesdk.CTVolume(hu=ct, spacing_zyx_mm=SPACING), lab, LABEL_JSON,
                            {"dp": ct + 35.0})
     liver = r["phases"]["dp"]["organs"]["liver"]
     assert liver["voxels"] == 5 * 4 * 4 and r["groups"]["liver"]["voxels_before_erosion"] == 216
@@ -206,7 +206,7 @@ def test_bad_inputs_are_refused_with_both_shapes(case):
         real_anatomy_check(ct, lab, LABEL_JSON, {"arterial": case["pred"]})
     with pytest.raises(InputError, match="no organ group has voxels after erosion"):
         real_anatomy_check(ct, np.zeros_like(lab), LABEL_JSON, {"pvp": case["pred"]})
-    shifted = vcesdk.CTVolume(hu=lab, spacing_mm=SPACING, origin_mm=(5.0, 0.0, 0.0))
+    shifted = vcesdk.CTVolume(hu=lab, spacing_zyx_mm=SPACING, origin_xyz_mm=(5.0, 0.0, 0.0))
     with pytest.raises(InputError, match="not one grid"):
         real_anatomy_check(ct, shifted, LABEL_JSON, {"pvp": case["pred"]})
 

@@ -94,7 +94,7 @@ def test_determinism_by_seed_and_regions():
 
 def _centred(hu, spacing):
     origin = tuple(-(np.asarray(hu.shape[::-1]) - 1) / 2 * np.asarray(spacing[::-1]))
-    return vcesdk.CTVolume(hu=hu, spacing_mm=spacing, origin_mm=origin)
+    return vcesdk.CTVolume(hu=hu, spacing_zyx_mm=spacing, origin_xyz_mm=origin)
 
 
 @pytest.mark.parametrize("k", [0.02, 0.05])  # 004_f128e01a994d2141.txt's k values

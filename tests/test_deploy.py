@@ -290,7 +290,7 @@ def test_fit_slices_keeps_geometry(lung1_path):
     cut = fit_slices(vol, 20)
     assert cut.shape == (20, 512, 512)
     np.testing.assert_array_equal(cut.hu, vol.hu[14:34])
-    assert cut.origin_mm[2] == pytest.approx(vol.origin_mm[2] + 14 * vol.spacing_mm[0]
+    assert cut.origin_xyz_mm[2] == pytest.approx(vol.origin_xyz_mm[2] + 14 * vol.spacing_zyx_mm[0]
                                              * vol.direction[2, 2])
     longer = fit_slices(vol, 100)
     assert longer.shape == (100, 512, 512)

@@ -71,7 +71,7 @@ def test_checkpoint_to_bundle_runs_in_the_runtime(tiny_checkpoint, abdomen_volum
     syn = vcesdk.Synthesizer(out)
     result = syn.synthesize(abdomen_volume)
     assert result.shape == abdomen_volume.shape
-    assert result.spacing_mm == abdomen_volume.spacing_mm
+    assert result.spacing_zyx_mm == abdomen_volume.spacing_zyx_mm
     assert np.isfinite(result.hu).all()
     # refuses to overwrite
     with pytest.raises(vcesdk.errors.VolumeWriteError, match="already exists"):

@@ -57,7 +57,7 @@ def test_arterial_real_ct_is_flagged_near_its_masked_blood_pool(rel):
 
 
 def test_guard_modes(hcc_volume):
-    flagged = vcesdk.CTVolume(hu=hcc_volume.hu[40:56], spacing_mm=hcc_volume.spacing_mm)
+    flagged = vcesdk.CTVolume(hu=hcc_volume.hu[40:56], spacing_zyx_mm=hcc_volume.spacing_zyx_mm)
     with pytest.raises(errors.ContrastEnhancedInputError,
                        match=r"looks contrast-enhanced: blood pool ~\d+ HU.*--contrast-guard"):
         check_contrast(flagged, "refuse")
@@ -73,7 +73,7 @@ def test_phantom_ncct_passes_the_guard():
 
     for seed in (0, 1):
         case = make_phantom(seed)
-        est = estimate_contrast(vcesdk.CTVolume(hu=case.phases["ncct"], spacing_mm=(4, 2, 2)))
+        est = estimate_contrast(vcesdk.CTVolume(hu=case.phases["ncct"], spacing_zyx_mm=(4, 2, 2)))
         assert not est.enhanced and est.slices_with_blood_pool <= 0.1 * est.slices_sampled
 
 
@@ -107,7 +107,7 @@ def test_series_listing_and_choice(series, tmp_path, capsys):
     """Three series in one folder: the 8-slice axial CT, a 3-slice copy, an MR image."""
     from pydicom.data import get_testdata_file
 
-    from vcesdk.dicom import list_series
+    from vcesdk.io.dicom import list_series
 
     other = pydicom.uid.generate_uid()
     for f in sorted(series.glob("*.dcm"))[:3]:
@@ -151,9 +151,9 @@ def test_enhanced_multiframe_ct_reads_like_its_single_frame_source(hcc_files, tm
     vol = vcesdk.read_volume(d)
     assert vol.shape == ref.shape == (len(hcc_files), 512, 512)
     np.testing.assert_array_equal(vol.hu, ref.hu)
-    np.testing.assert_allclose(vol.spacing_mm, ref.spacing_mm, atol=1e-4)
-    np.testing.assert_allclose(vol.origin_mm, ref.origin_mm, atol=1e-4)
-    from vcesdk.dicom import list_series
+    np.testing.assert_allclose(vol.spacing_zyx_mm, ref.spacing_zyx_mm, atol=1e-4)
+    np.testing.assert_allclose(vol.origin_xyz_mm, ref.origin_xyz_mm, atol=1e-4)
+    from vcesdk.io.dicom import list_series
 
     (info,) = list_series(d)
     assert info.multiframe and info.images == len(hcc_files) and info.files == 1
@@ -185,7 +185,7 @@ def test_gantry_tilt_resample_recovers_the_orthogonal_volume(series):
         vcesdk.read_volume(series)
     fixed = vcesdk.read_volume(series, tilt="resample")
     assert fixed.shape == ref.shape
-    np.testing.assert_allclose(fixed.origin_mm, ref.origin_mm, atol=1e-4)
+    np.testing.assert_allclose(fixed.origin_xyz_mm, ref.origin_xyz_mm, atol=1e-4)
     np.testing.assert_allclose(fixed.direction, ref.direction, atol=1e-6)
     n = len(files)
     np.testing.assert_allclose(fixed.hu[:, n:-n], ref.hu[:, n:-n], atol=0.5)
@@ -198,11 +198,11 @@ def _rotated_grid(vol: vcesdk.CTVolume, degrees: float) -> vcesdk.CTVolume:
     a = np.radians(degrees)
     rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     direction = rot @ vol.direction
-    extent = (np.asarray(vol.shape[::-1]) - 1) * np.asarray(vol.spacing_mm[::-1])
-    centre = np.asarray(vol.origin_mm) + vol.direction @ (extent / 2)
+    extent = (np.asarray(vol.shape[::-1]) - 1) * np.asarray(vol.spacing_zyx_mm[::-1])
+    centre = np.asarray(vol.origin_xyz_mm) + vol.direction @ (extent / 2)
     origin = centre - direction @ (extent / 2)
-    return vcesdk.CTVolume(hu=np.zeros(vol.shape, np.float32), spacing_mm=vol.spacing_mm,
-                           origin_mm=tuple(origin), direction=direction)
+    return vcesdk.CTVolume(hu=np.zeros(vol.shape, np.float32), spacing_zyx_mm=vol.spacing_zyx_mm,
+                           origin_xyz_mm=tuple(origin), direction=direction)
 
 
 def test_oblique_volume_refused_or_resampled(abdomen_volume):

@@ -160,7 +160,7 @@ def test_field_of_view_padding_is_air_to_the_model(lung_slab, synth):
 
 def test_volume_smaller_than_a_window(synth):
     vol = vcesdk.CTVolume(hu=np.full((3, 40, 40), 40.0, np.float32),
-                          spacing_mm=(4.0, 2.0, 2.0))
+                          spacing_zyx_mm=(4.0, 2.0, 2.0))
     out = synth.synthesize(vol)
     assert out.shape == (3, 40, 40) and np.isfinite(out.hu).all()
     assert (out.hu >= 40.0 - 1e-3).all()  # add_residual with a 0 HU floor never darkens

@@ -63,7 +63,7 @@ def test_sample_files_exist_with_licence_and_attribution():
 def test_sample_ct_is_native_hu_with_3mm_slices(ct):
     assert ct.shape == SHAPE
     assert ct.hu.dtype == np.float32
-    assert ct.spacing_mm == pytest.approx((3.0, 3.0, 3.0))
+    assert ct.spacing_zyx_mm == pytest.approx((3.0, 3.0, 3.0))
     assert float(ct.hu.min()) == -1100.0 and float(ct.hu.max()) == 1207.0
     assert -1030.0 < float(np.percentile(ct.hu, 5)) < -970.0  # air outside the body
     frame = np.zeros(SHAPE[1:], bool)
@@ -81,7 +81,7 @@ def test_sample_ct_reads_the_same_with_nibabel(ct):
     np.testing.assert_array_equal(raw.transpose(2, 1, 0), ct.hu)
     np.testing.assert_allclose(ct.direction, np.diag([-1.0, -1.0, 1.0]), atol=1e-9)
     ras_origin = img.affine[:3, 3]
-    assert ct.origin_mm == pytest.approx((-ras_origin[0], -ras_origin[1], ras_origin[2]),
+    assert ct.origin_xyz_mm == pytest.approx((-ras_origin[0], -ras_origin[1], ras_origin[2]),
                                          abs=1e-3)
 
 
@@ -145,7 +145,7 @@ def test_synthesize_sample_writes_series_preview_report(synthesized, ct, labels)
                                                          "scect_pvp.nii.gz"]
     assert f"input: {sample_ct()} 30 slices x 101 x 122" in proc.stdout
     out = vcesdk.read_volume(target / "scect_pvp.nii.gz")
-    assert out.shape == SHAPE and out.spacing_mm == pytest.approx(ct.spacing_mm)
+    assert out.shape == SHAPE and out.spacing_zyx_mm == pytest.approx(ct.spacing_zyx_mm)
     report = json.loads((target / "report.json").read_text())
     assert report["input"] == str(sample_ct()) and report["shape"] == list(SHAPE)
     assert report["phase"] == "pvp" and report["latency"]["slices"] == 30

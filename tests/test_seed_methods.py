@@ -154,7 +154,7 @@ def test_mangan_small_trains_exports_and_writes_the_subtraction_map(tmp_path, lu
     assert bundle.auxiliary[0].channel == 1 and bundle.auxiliary[0].hu_range == (-500, 500)
     syn = Synthesizer(bundle, contrast_guard="off")
     case = trainer.val_data.cases[0]
-    vol = CTVolume(case.phases["ncct"], spacing_mm=(4.0, 2.0, 2.0))
+    vol = CTVolume(case.phases["ncct"], spacing_zyx_mm=(4.0, 2.0, 2.0))
     out = syn.synthesize(vol)
     sub = syn.last_auxiliary["subtraction"]
     assert sub.shape == vol.shape == out.shape and np.isfinite(sub.hu).all()
@@ -286,7 +286,7 @@ def test_two_stage_small_trains_and_exports(tmp_path, lung1_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert {"backward_generator", "discriminator", "perceptual"} <= set(ckpt)
     path, _ = _export_checked(tmp_path, lung1_path)
-    vol = CTVolume(trainer.val_data.cases[0].phases["ncct"], spacing_mm=(4.0, 2.0, 2.0))
+    vol = CTVolume(trainer.val_data.cases[0].phases["ncct"], spacing_zyx_mm=(4.0, 2.0, 2.0))
     out = Synthesizer(path, contrast_guard="off").synthesize(vol)
     assert out.shape == vol.shape and np.isfinite(out.hu).all()
 

@@ -49,8 +49,8 @@ def test_main_job_output_geometry_preview_and_latency(synthesized, name):
     vin = vcesdk.read_volume(src)
     vout = vcesdk.read_volume(target / "scect_pvp.nii.gz")
     assert vout.shape == vin.shape
-    assert vout.spacing_mm == pytest.approx(vin.spacing_mm, rel=1e-6)
-    assert vout.origin_mm == pytest.approx(vin.origin_mm, abs=1e-3)
+    assert vout.spacing_zyx_mm == pytest.approx(vin.spacing_zyx_mm, rel=1e-6)
+    assert vout.origin_xyz_mm == pytest.approx(vin.origin_xyz_mm, abs=1e-3)
     np.testing.assert_allclose(vout.direction, vin.direction, atol=1e-6)
     png = Image.open(target / "preview.png")
     assert png.format == "PNG" and png.height >= 3 * 256 and png.width > 3 * 200
@@ -84,8 +84,8 @@ def test_real_dicom_series_through_cli(hcc_dicom_dir, tmp_path):
     assert "89 slices x 512 x 512" in proc.stdout
     out = vcesdk.read_volume(target / "scect_pvp")
     assert out.shape == (89, 512, 512)
-    assert out.spacing_mm == pytest.approx((2.5, 0.703125, 0.703125))
-    assert out.origin_mm == pytest.approx((-180.0, -180.0, -396.0))
+    assert out.spacing_zyx_mm == pytest.approx((2.5, 0.703125, 0.703125))
+    assert out.origin_xyz_mm == pytest.approx((-180.0, -180.0, -396.0))
     hdr = out.source_headers[0]
     assert hdr.SeriesDescription.startswith("SYNTHETIC PVP")
     assert hdr.PatientID == "Patient_01"

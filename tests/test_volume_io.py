@@ -17,10 +17,10 @@ def test_real_dicom_series_geometry(hcc_volume):
     vol = hcc_volume
     assert vol.shape == (89, 512, 512)
     assert vol.hu.dtype == np.float32
-    assert vol.spacing_mm == pytest.approx((2.5, 0.703125, 0.703125))
+    assert vol.spacing_zyx_mm == pytest.approx((2.5, 0.703125, 0.703125))
     # slices ordered inferior -> superior along the normal (0, 0, 1)
     np.testing.assert_allclose(vol.direction, np.eye(3), atol=1e-6)
-    assert vol.origin_mm == pytest.approx((-180.0, -180.0, -396.0))
+    assert vol.origin_xyz_mm == pytest.approx((-180.0, -180.0, -396.0))
     z = [float(h.ImagePositionPatient[2]) for h in vol.source_headers]
     assert z == pytest.approx(list(-396.0 + 2.5 * np.arange(89)))
     # RescaleSlope/Intercept applied: the padding outside the field of view is -2048 HU, air
@@ -43,8 +43,8 @@ def test_dicom_slices_sorted_by_position_not_file_name(hcc_dicom_dir, tmp_path, 
     vol = vcesdk.read_volume(tmp_path)
     positions = sorted(float(pydicom.dcmread(f, stop_before_pixels=True)
                              .ImagePositionPatient[2]) for f in files)
-    assert vol.origin_mm[2] == pytest.approx(positions[0])
-    k = int(round((positions[0] - hcc_volume.origin_mm[2]) / 2.5))
+    assert vol.origin_xyz_mm[2] == pytest.approx(positions[0])
+    k = int(round((positions[0] - hcc_volume.origin_xyz_mm[2]) / 2.5))
     np.testing.assert_array_equal(vol.hu, hcc_volume.hu[k:k + 12])
 
 
@@ -66,8 +66,8 @@ def test_rescale_slope_and_intercept_are_applied(hcc_dicom_dir, tmp_path):
 
 
 def test_synthetic_dicom_round_trip_pydicom_and_simpleitk(hcc_volume, tmp_path):
-    sub = CTVolume(hu=hcc_volume.hu[40:46] + 0.4, spacing_mm=hcc_volume.spacing_mm,
-                   origin_mm=tuple(float(v) for v in hcc_volume.source_headers[40]
+    sub = CTVolume(hu=hcc_volume.hu[40:46] + 0.4, spacing_zyx_mm=hcc_volume.spacing_zyx_mm,
+                   origin_xyz_mm=tuple(float(v) for v in hcc_volume.source_headers[40]
                                    .ImagePositionPatient),
                    direction=hcc_volume.direction, source_headers=hcc_volume.source_headers[40:46])
     out = vcesdk.write_volume(sub, tmp_path / "syn", like=sub,
@@ -89,15 +89,15 @@ def test_synthetic_dicom_round_trip_pydicom_and_simpleitk(hcc_volume, tmp_path):
     # back through vcesdk's pydicom reader
     back = vcesdk.read_volume(out)
     np.testing.assert_allclose(back.hu, np.rint(sub.hu), atol=0)  # int16 storage rounding
-    assert back.spacing_mm == pytest.approx(sub.spacing_mm)
-    assert back.origin_mm == pytest.approx(sub.origin_mm)
+    assert back.spacing_zyx_mm == pytest.approx(sub.spacing_zyx_mm)
+    assert back.origin_xyz_mm == pytest.approx(sub.origin_xyz_mm)
     # and through SimpleITK's GDCM reader
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out)))
     img = reader.Execute()
     np.testing.assert_allclose(sitk.GetArrayFromImage(img), np.rint(sub.hu), atol=0)
     assert img.GetSpacing() == pytest.approx((0.703125, 0.703125, 2.5))
-    assert img.GetOrigin() == pytest.approx(sub.origin_mm)
+    assert img.GetOrigin() == pytest.approx(sub.origin_xyz_mm)
 
 
 @pytest.mark.parametrize("name", ["v.nii.gz", "v.nrrd", "v.mha"])
@@ -107,8 +107,8 @@ def test_itk_formats_round_trip_with_geometry(abdomen_volume, tmp_path, name):
     back = vcesdk.read_volume(out)
     assert back.shape == vol.shape
     np.testing.assert_allclose(back.hu, np.rint(vol.hu), atol=0)
-    assert back.spacing_mm == pytest.approx(vol.spacing_mm)
-    assert back.origin_mm == pytest.approx(vol.origin_mm, abs=1e-4)
+    assert back.spacing_zyx_mm == pytest.approx(vol.spacing_zyx_mm)
+    assert back.origin_xyz_mm == pytest.approx(vol.origin_xyz_mm, abs=1e-4)
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
     assert np.allclose(np.diag(vol.direction), [-1, -1, 1])  # a non-identity direction kept
 
@@ -118,7 +118,7 @@ def test_dicom_from_nifti_gets_a_new_study(abdomen_volume, tmp_path):
     back = vcesdk.read_volume(out)
     np.testing.assert_allclose(back.hu, np.rint(abdomen_volume.hu), atol=0)
     np.testing.assert_allclose(back.direction, abdomen_volume.direction, atol=1e-6)
-    assert back.origin_mm == pytest.approx(abdomen_volume.origin_mm, abs=1e-4)
+    assert back.origin_xyz_mm == pytest.approx(abdomen_volume.origin_xyz_mm, abs=1e-4)
     assert back.source_headers[0].PatientName == "ANONYMOUS"
 
 
@@ -130,7 +130,7 @@ def test_existing_output_is_refused_and_failures_leave_nothing(abdomen_volume, t
         vcesdk.write_volume(abdomen_volume, target)
     assert target.read_bytes() == b"keep me"
 
-    import vcesdk.dicom as dicom
+    import vcesdk.io.dicom as dicom
 
     def broken(vol, folder, **kw):
         (folder / "IM00001.dcm").write_bytes(b"half")

@@ -51,8 +51,9 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from vcesdk.errors import InputError
-from vcesdk.fileio import atomic_output
-from vcesdk.volume import CTVolume, read_volume
+from vcesdk.io.atomic import atomic_output
+from vcesdk.io import read_volume
+from vcesdk.volume import CTVolume
 
 from .phantom import PHASES as PHANTOM_PHASES
 from .phantom import TISSUE_HU
@@ -209,13 +210,13 @@ def _same_grid(ct: CTVolume | np.ndarray, other: CTVolume | np.ndarray, what: st
         raise InputError(f"{what} is {b.shape}, the CT {a.shape} (D, H, W); they must share "
                          f"one grid voxel for voxel")
     if isinstance(ct, CTVolume) and isinstance(other, CTVolume):
-        if not np.allclose(ct.spacing_mm, other.spacing_mm, atol=1e-3) or not np.allclose(
-                ct.origin_mm, other.origin_mm, atol=1e-2) or not np.allclose(
+        if not np.allclose(ct.spacing_zyx_mm, other.spacing_zyx_mm, atol=1e-3) or not np.allclose(
+                ct.origin_xyz_mm, other.origin_xyz_mm, atol=1e-2) or not np.allclose(
                 ct.direction, other.direction, atol=1e-4):
-            raise InputError(f"{what} has spacing {other.spacing_mm} mm, origin "
-                             f"{tuple(round(o, 2) for o in other.origin_mm)} mm; the CT "
-                             f"{ct.spacing_mm} mm, "
-                             f"{tuple(round(o, 2) for o in ct.origin_mm)} mm: not one grid")
+            raise InputError(f"{what} has spacing {other.spacing_zyx_mm} mm, origin "
+                             f"{tuple(round(o, 2) for o in other.origin_xyz_mm)} mm; the CT "
+                             f"{ct.spacing_zyx_mm} mm, "
+                             f"{tuple(round(o, 2) for o in ct.origin_xyz_mm)} mm: not one grid")
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -376,7 +377,7 @@ def _score(case: _Case, predicted: Mapping[str, VolumeLike], model: str | None
             "ct": str(ct) if not isinstance(ct, CTVolume) else None,
             "labels": str(labels) if not isinstance(labels, (CTVolume, np.ndarray)) else None,
             "shape": list(ct_hu.shape),
-            "spacing_mm": (list(case.ct_vol.spacing_mm) if isinstance(case.ct_vol, CTVolume)
+            "spacing_mm": (list(case.ct_vol.spacing_zyx_mm) if isinstance(case.ct_vol, CTVolume)
                            else None),
             "erosion": EROSION,
             "reference": "vcesdk.training.phantom.TISSUE_HU (phase - ncct; Lamba 2014, Bae "

@@ -115,7 +115,7 @@ class DatasetPairs(PhantomPairs):
         from pathlib import Path
 
         from vcesdk.errors import InputError
-        from vcesdk.volume import read_volume
+        from vcesdk.io import read_volume
 
         from .store import find_phase
 
@@ -132,7 +132,7 @@ class DatasetPairs(PhantomPairs):
             if a.shape != b.shape:
                 raise InputError(f"{name}: {phase} {b.shape} is not on the NCCT grid {a.shape};"
                                  f" register with 'vcesdk-data store' first")
-            cases.append(PairCase(name, {"ncct": a.hu, phase: b.hu}, a.spacing_mm))
+            cases.append(PairCase(name, {"ncct": a.hu, phase: b.hu}, a.spacing_zyx_mm))
         self._setup(cases, phase, windows, output_hu, target)
 
 
@@ -172,7 +172,8 @@ class UnpairedVolumes:
                  output_hu: Sequence[float], spacing_mm: Sequence[float],
                  min_body_fraction: float = 0.3) -> None:
         from vcesdk.errors import InputError
-        from vcesdk.volume import CTVolume, orient_volume, read_volume, resample_volume
+        from vcesdk.io import read_volume
+        from vcesdk.volume import CTVolume, orient_volume, resample_volume
 
         if not ncct or not cect:
             raise InputError("unpaired training needs at least one NCCT and one contrast-"

@@ -33,8 +33,9 @@ from typing import Sequence
 import numpy as np
 
 from vcesdk.errors import InputError, VcesdkError
-from vcesdk.fileio import atomic_output
-from vcesdk.volume import CTVolume, write_volume
+from vcesdk.io.atomic import atomic_output
+from vcesdk.io import write_volume
+from vcesdk.volume import CTVolume
 
 from .phantom import LABELS, PHASES, make_phantom, misalign, random_misalignment
 
@@ -87,7 +88,7 @@ def write_patient(out: Path, seed: int, phases: Sequence[str], size_dhw: Sequenc
     for i, phase in enumerate(phases):
         hu = case.phases[phase]
         moved = phase != "ncct" and (misalign_k or shift_mm or elastic_mm)
-        vol = CTVolume(hu=hu, spacing_mm=tuple(spacing_mm), origin_mm=origin,
+        vol = CTVolume(hu=hu, spacing_zyx_mm=tuple(spacing_mm), origin_xyz_mm=origin,
                        source_headers=[header])
         if moved:
             mis = random_misalignment(seed * 10 + i, k=misalign_k, shift_mm=shift_mm,
@@ -96,8 +97,8 @@ def write_patient(out: Path, seed: int, phases: Sequence[str], size_dhw: Sequenc
             write_volume(vol, d / f"{phase}_aligned.nii.gz")
             vol = vol.with_hu(misalign(hu, spacing_mm, mis))
         write_volume(vol, d / f"{phase}.nii.gz")
-        write_volume(CTVolume(hu=case.clean[phase], spacing_mm=tuple(spacing_mm),
-                              origin_mm=origin, source_headers=[header]),
+        write_volume(CTVolume(hu=case.clean[phase], spacing_zyx_mm=tuple(spacing_mm),
+                              origin_xyz_mm=origin, source_headers=[header]),
                      d / f"{phase}_clean.nii.gz")
         if dicom:
             write_volume(vol, d / phase, like=vol,
@@ -197,7 +198,8 @@ def montage(dataset: str | os.PathLike, png: str | os.PathLike, patient: str | N
     """
     from PIL import Image
 
-    from vcesdk.volume import orient_volume, read_volume
+    from vcesdk.io import read_volume
+    from vcesdk.volume import orient_volume
 
     root = Path(dataset)
     meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
@@ -211,7 +213,7 @@ def montage(dataset: str | os.PathLike, png: str | os.PathLike, patient: str | N
     def tile(vol: CTVolume, z: int) -> Image.Image:
         v = orient_volume(vol, "LPS")
         img = np.clip((v.hu[z] - (level - width / 2)) / width * 255.0, 0, 255).astype(np.uint8)
-        h_mm, w_mm = v.shape[1] * v.spacing_mm[1], v.shape[2] * v.spacing_mm[2]
+        h_mm, w_mm = v.shape[1] * v.spacing_zyx_mm[1], v.shape[2] * v.spacing_zyx_mm[2]
         scale = 256.0 / max(h_mm, w_mm)
         return Image.fromarray(img).resize((max(1, round(w_mm * scale)),
                                             max(1, round(h_mm * scale))), Image.BILINEAR)

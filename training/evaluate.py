@@ -40,8 +40,8 @@ from typing import Sequence
 import numpy as np
 
 from vcesdk.errors import InputError, VcesdkError
-from vcesdk.fileio import atomic_output
-from vcesdk.volume import read_volume
+from vcesdk.io.atomic import atomic_output
+from vcesdk.io import read_volume
 
 from .metrics import image_metrics, mae_hu
 from .phantom import LABEL_OF, LESIONS
@@ -209,7 +209,7 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                     k = int(np.argmax(body.sum(axis=(1, 2))))
                     for name, pred in preds.items():
                         preview_strip(ncct.hu, pred, tmp / f"example_{phase}_{name}.png",
-                                      slices=[k], spacing_mm=ncct.spacing_mm,
+                                      slices=[k], spacing_mm=ncct.spacing_zyx_mm,
                                       window=(level, width))
                 cases.append(pdir.name)
             if not cases:

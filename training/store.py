@@ -26,9 +26,10 @@ from typing import Sequence
 import numpy as np
 
 from vcesdk.errors import InputError, VolumeReadError
-from vcesdk.fileio import atomic_output
+from vcesdk.io.atomic import atomic_output
 from vcesdk.intensity import Window, hu_to_channels, hu_to_output
-from vcesdk.volume import CTVolume, read_volume, resample_volume
+from vcesdk.io import read_volume
+from vcesdk.volume import CTVolume, resample_volume
 
 from .phantom import PHASES
 from .registration import register
@@ -161,11 +162,11 @@ def build_store(src: str | os.PathLike, dst: str | os.PathLike,
                 zr = (int(covered[0]), int(covered[-1]) + 1)
                 aligned = aligned.with_hu(np.maximum(aligned.hu, -1024.0))
                 sub = slice(*zr)
-                f_sub = CTVolume(hu=ncct.hu[sub], spacing_mm=ncct.spacing_mm,
-                                 origin_mm=ncct.origin_mm, direction=ncct.direction)
+                f_sub = CTVolume(hu=ncct.hu[sub], spacing_zyx_mm=ncct.spacing_zyx_mm,
+                                 origin_xyz_mm=ncct.origin_xyz_mm, direction=ncct.direction)
                 a_sub = f_sub.with_hu(aligned.hu[sub])
                 shifts = residual_shift_mm(f_sub, a_sub)
-                pixel = min(ncct.spacing_mm[1:])
+                pixel = min(ncct.spacing_zyx_mm[1:])
                 worst = float(np.abs(shifts[:, :2]).max() / pixel) if len(shifts) else None
                 rms = float(np.sqrt((shifts ** 2).sum(1).mean())) if len(shifts) else None
                 keep = worst is not None and worst <= qc_max_px
@@ -183,7 +184,7 @@ def build_store(src: str | os.PathLike, dst: str | os.PathLike,
                 np.save(out / "ncct.npy", ncct.hu[lo:hi].astype(np.float32))
                 for phase, (hu, _) in pairs.items():
                     np.save(out / f"{phase}.npy", hu[lo:hi].astype(np.float32))
-                meta_patients[pdir.name] = {"spacing_mm": list(ncct.spacing_mm),
+                meta_patients[pdir.name] = {"spacing_mm": list(ncct.spacing_zyx_mm),
                                             "shape": [hi - lo, *ncct.shape[1:]],
                                             "z_range": list(zr_all), "phases": sorted(pairs)}
             else:

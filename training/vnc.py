@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from vcesdk.errors import InputError
-from vcesdk.volume import CTVolume, read_volume, resample_volume, write_volume
+from vcesdk.io import read_volume, write_volume
+from vcesdk.volume import CTVolume, resample_volume
 
 NATIVE_BLOOD_HU = 45.0  # unenhanced whole blood 40-55 HU (New & Aronow, Radiology 1976)
 ENHANCED_MIN_HU = 150.0
@@ -52,7 +53,7 @@ def make_vnc(cect: CTVolume, mask: CTVolume, blood_hu: float = NATIVE_BLOOD_HU,
     if pool.sum() < 100:
         raise InputError(f"mask holds {int(pool.sum())} enhanced voxels (> "
                          f"{ENHANCED_MIN_HU:.0f} HU); not a contrast-enhanced blood pool")
-    sigma = [texture_sigma_mm / s for s in cect.spacing_mm]
+    sigma = [texture_sigma_mm / s for s in cect.spacing_zyx_mm]
     texture = cect.hu - gaussian_filter(cect.hu, sigma)
     weight = np.clip(gaussian_filter(pool.astype(np.float32), 0.7) * 2.0, 0.0, 1.0)
     weight[pool] = 1.0
@@ -73,7 +74,7 @@ def write_vnc_pairs(cta_dir: str | os.PathLike, out: str | os.PathLike, overwrit
     """
     import SimpleITK as sitk
 
-    from vcesdk.fileio import atomic_output
+    from vcesdk.io.atomic import atomic_output
 
     cta_dir = Path(cta_dir)
     with atomic_output(Path(out), is_dir=True, overwrite=overwrite) as tmp:

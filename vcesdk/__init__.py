@@ -18,7 +18,8 @@ from .bundle import Bundle, load_bundle
 from .errors import VcesdkError
 from .runtime import LatencyReport, Synthesizer
 from .stitch import OverlapAverager, gaussian_weight_map, sliding_window
-from .volume import CTVolume, read_volume, write_volume
+from .io import read_volume, write_volume
+from .volume import CTVolume
 
 __version__ = "0.1.0"
 

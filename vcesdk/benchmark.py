@@ -66,14 +66,14 @@ def fit_slices(vol: CTVolume, n: int | None) -> CTVolume:
     d = vol.shape[0]
     if n < d:
         z0 = (d - n) // 2
-        origin = tuple(float(o) + z0 * vol.spacing_mm[0] * float(c) for o, c in
-                       zip(vol.origin_mm, np.asarray(vol.direction).reshape(3, 3)[:, 2]))
-        return CTVolume(hu=vol.hu[z0:z0 + n].copy(), spacing_mm=vol.spacing_mm,
-                        origin_mm=origin, direction=vol.direction)  # type: ignore[arg-type]
+        origin = tuple(float(o) + z0 * vol.spacing_zyx_mm[0] * float(c) for o, c in
+                       zip(vol.origin_xyz_mm, np.asarray(vol.direction).reshape(3, 3)[:, 2]))
+        return CTVolume(hu=vol.hu[z0:z0 + n].copy(), spacing_zyx_mm=vol.spacing_zyx_mm,
+                        origin_xyz_mm=origin, direction=vol.direction)  # type: ignore[arg-type]
     reps = -(-n // d)
     parts = [vol.hu if i % 2 == 0 else vol.hu[::-1] for i in range(reps)]
     return CTVolume(hu=np.ascontiguousarray(np.concatenate(parts)[:n]),
-                    spacing_mm=vol.spacing_mm, origin_mm=vol.origin_mm,
+                    spacing_zyx_mm=vol.spacing_zyx_mm, origin_xyz_mm=vol.origin_xyz_mm,
                     direction=vol.direction)
 
 
@@ -105,7 +105,7 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
         ``peak_rss_mb``, ``outside_model_fraction``, ``stages_ms_per_slice``, ``passes``.
     """
     from .runtime import Synthesizer
-    from .volume import output_path, read_volume, write_volume
+    from .io import output_path, read_volume, write_volume
 
     syn = Synthesizer(bundle, providers=[provider])
     passes: list[dict[str, float]] = []

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from . import DEFAULT_BUNDLE, __version__
 from .errors import InputError, VcesdkError
+from .io import FORMATS
 
-OUTPUT_FORMATS = ("dicom", "nifti", "nrrd", "mha")
+OUTPUT_FORMATS = tuple(FORMATS)  # vcesdk.io.FORMATS: the one table of output formats
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -81,10 +82,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .bundle import load_bundle
-    from .fileio import atomic_output
+    from .io.atomic import atomic_output
     from .preview import preview_strip
     from .runtime import Synthesizer
-    from .volume import orient_volume, output_path, read_volume, write_volume
+    from .io import output_path, read_volume, write_volume
+    from .volume import orient_volume
 
     src = _synthesis_input(args)
     out_dir = Path(args.output)
@@ -113,7 +115,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                   f"for clinical use", file=sys.stderr)
     vol = read_volume(src, series_uid=args.series, tilt=args.tilt)
     print(f"input: {src} {vol.shape[0]} slices x {vol.shape[1]} x {vol.shape[2]}, spacing "
-          f"{'/'.join(f'{s:.3g}' for s in vol.spacing_mm)} mm (z/y/x)")
+          f"{'/'.join(f'{s:.3g}' for s in vol.spacing_zyx_mm)} mm (z/y/x)")
     results, warned = [], []
     for syn in syns:
         with tqdm(desc=f"synthesize {syn.bundle.phase.upper()}", unit="window",
@@ -148,7 +150,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                 aux_files[a.name] = a_path.name
             preview = "preview.png" if single else f"preview_{phase}.png"
             preview_strip(shown.hu, orient_volume(scect).hu, tmp / preview,
-                          spacing_mm=shown.spacing_mm)
+                          spacing_mm=shown.spacing_zyx_mm)
             entries.append({"output": vol_path.name, "preview": preview,
                             "bundle": syn.bundle.name, "phase": phase,
                             "method": syn.bundle.manifest["method"],
@@ -156,7 +158,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             "provider": syn.provider, "auxiliary": aux_files,
                             "latency": lat.__dict__ if lat else None})
         report = {"input": str(src), "shape": list(vol.shape),
-                  "spacing_mm": list(vol.spacing_mm), "vcesdk": __version__,
+                  "spacing_mm": list(vol.spacing_zyx_mm), "vcesdk": __version__,
                   "contrast_check": (dataclasses.asdict(contrast) | {"mode": args.contrast_guard}
                                      if contrast is not None else {"mode": "off"}),
                   **entries[0], "phases": entries}
@@ -175,7 +177,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 def _read_ct_list(path: str) -> list:
     """CT volumes from a file, a DICOM series folder, or a folder of those."""
     from .errors import VolumeReadError
-    from .volume import read_volume
+    from .io import read_volume
 
     p = Path(path)
     try:
@@ -206,7 +208,7 @@ def _import_export():
 def cmd_export(args: argparse.Namespace) -> int:
     bundle_writer, trainer = _import_export()
     from .export.formats import parse_formats
-    from .volume import read_volume
+    from .io import read_volume
 
     formats = [f.name for f in parse_formats(args.format)]
     gpu_formats = [f for f in formats if f in ("tensorrt", "torch_tensorrt")]
@@ -258,7 +260,7 @@ def _print_files(path: Path, headline: str) -> None:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     bundle_writer, _ = _import_export()
-    from .volume import read_volume
+    from .io import read_volume
 
     if args.precision == "int8" and not args.calib:
         raise InputError("int8 needs --calib DIR (real CT volumes for calibration)")
@@ -272,7 +274,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import benchmark, table
-    from .fileio import atomic_output
+    from .io.atomic import atomic_output
 
     json_path = Path(args.json)
     if json_path.exists() and not args.overwrite:
@@ -310,8 +312,9 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .contrast import estimate_contrast
-    from .dicom import list_series
-    from .volume import obliquity_deg, orientation_code, read_volume
+    from .io.dicom import list_series
+    from .io import read_volume
+    from .volume import obliquity_deg, orientation_code
 
     src = Path(args.input)
     if src.is_dir():
@@ -326,7 +329,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     vol = read_volume(src, series_uid=args.series, tilt=args.tilt)
     est = estimate_contrast(vol)
     print(f"volume: {vol.shape[0]} x {vol.shape[1]} x {vol.shape[2]} (D x H x W), spacing "
-          f"{'/'.join(f'{s:.3g}' for s in vol.spacing_mm)} mm (z/y/x), orientation "
+          f"{'/'.join(f'{s:.3g}' for s in vol.spacing_zyx_mm)} mm (z/y/x), orientation "
           f"{orientation_code(vol)}, {obliquity_deg(vol):.1f} degrees oblique, HU "
           f"{float(vol.hu.min()):.0f}..{float(vol.hu.max()):.0f}")
     print(f"contrast: {est.line()}")

@@ -153,8 +153,8 @@ def estimate_contrast(vol: CTVolume, max_slices: int = MAX_SLICES) -> ContrastEs
     # sampled slices only, padding and non-finite values as air, brought to PIXEL_MM in-plane
     # (the z spacing is irrelevant here)
     hu = np.nan_to_num(work.hu[picks], nan=-1024.0, posinf=3071.0, neginf=-1024.0)
-    sub = CTVolume(hu=np.maximum(hu, np.float32(-1024.0)), spacing_mm=(1.0, *work.spacing_mm[1:]),
-                   origin_mm=work.origin_mm, direction=work.direction)
+    sub = CTVolume(hu=np.maximum(hu, np.float32(-1024.0)), spacing_zyx_mm=(1.0, *work.spacing_zyx_mm[1:]),
+                   origin_xyz_mm=work.origin_xyz_mm, direction=work.direction)
     sub = resample_volume(sub, (1.0, PIXEL_MM, PIXEL_MM), default_hu=-1024.0)
     areas, meds, hits = [], [], 0
     for k in range(sub.shape[0]):

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_output
+from .io.atomic import atomic_output
 
 SOFT_TISSUE_WINDOW = (50.0, 400.0)  # (level, width) HU, the usual abdominal soft-tissue window
 DIFFERENCE_RANGE_HU = 200.0  # difference image maps [-200, +200] HU to black..white

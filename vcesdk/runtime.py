@@ -253,7 +253,7 @@ def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
     grid = list(vol.shape)  # axes taken as already in the model's orientation (axial scans)
     if bundle.resample_mm is not None:
         grid = [max(1, round(n * s / t)) for n, s, t in
-                zip(grid, vol.spacing_mm, bundle.resample_mm)]
+                zip(grid, vol.spacing_zyx_mm, bundle.resample_mm)]
     padded, _, _ = plan_windows(bundle, grid)
     c_in = len(bundle.windows)
     c_out = int(bundle.manifest["output"]["channels"])

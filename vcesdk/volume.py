@@ -1,32 +1,25 @@
-"""CT volumes in HU and their reading and writing (DICOM series, NIfTI, NRRD, MHA).
+"""CT volumes in HU and their geometry (resampling, orientation, obliquity).
 
-Conventions (the "HU in, HU out" contract):
+Conventions (the "HU in, HU out" contract); every field names its axis order:
     * ``hu`` is float32 with axis order (D, H, W) = (slice, row, column), Hounsfield units.
-    * ``spacing_mm`` is (z, y, x) in millimetres: slice spacing, row spacing, column spacing.
-    * ``origin_mm`` is the patient-space position (x, y, z) in mm (DICOM LPS) of voxel
+    * ``spacing_zyx_mm`` is (z, y, x) in millimetres: slice spacing, row spacing, column
+      spacing, the order of ``hu``'s axes (``spacing_xyz_mm`` gives it reversed, as ITK).
+    * ``origin_xyz_mm`` is the patient-space position (x, y, z) in mm (DICOM LPS) of voxel
       [0, 0, 0], as DICOM's ImagePositionPatient of the first slice and ITK's origin.
     * ``direction`` is a 3 x 3 matrix whose columns are the LPS unit vectors along the column
       index (x), row index (y) and slice index (z), as ITK's direction matrix.
+    * ``affine`` (4 x 4) maps an index (column, row, slice, 1) to LPS mm (x, y, z, 1).
 
-DICOM goes through pydicom; NIfTI, NRRD and MHA through SimpleITK.
+Reading and writing files is :mod:`vcesdk.io` (which imports this module, never the reverse).
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError, InvalidVoxelValuesError, VolumeReadError, VolumeWriteError
-from .fileio import atomic_output
-
-_logger = logging.getLogger(__name__)
-
-ITK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-FORMATS: dict[str, str] = {"dicom": "", "nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+from .errors import InputError, VolumeReadError
 
 
 @dataclasses.dataclass
@@ -35,16 +28,16 @@ class CTVolume:
 
     Attributes:
         hu: float32 (D, H, W), HU.
-        spacing_mm: (z, y, x) voxel spacing in mm.
-        origin_mm: (x, y, z) LPS position in mm of voxel [0, 0, 0].
+        spacing_zyx_mm: (z, y, x) voxel spacing in mm: the order of `hu`'s axes.
+        origin_xyz_mm: (x, y, z) LPS position in mm of voxel [0, 0, 0].
         direction: float64 (3, 3); columns are the LPS directions of the x, y and z index axes.
         source_headers: one pydicom Dataset per slice (pixel data removed), in slice order, when
             the volume came from DICOM; None otherwise.
     """
 
     hu: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    spacing_zyx_mm: tuple[float, float, float]
+    origin_xyz_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
     source_headers: list | None = None
 
@@ -56,15 +49,15 @@ class CTVolume:
         if not (np.issubdtype(hu.dtype, np.floating) or np.issubdtype(hu.dtype, np.integer)):
             raise InputError(f"CTVolume.hu must be numeric, got dtype {hu.dtype}")
         self.hu = hu.astype(np.float32, copy=False)
-        spacing = tuple(float(s) for s in self.spacing_mm)
+        spacing = tuple(float(s) for s in self.spacing_zyx_mm)
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
             raise InputError(f"spacing_mm must be three positive numbers (z, y, x), got "
-                             f"{self.spacing_mm!r}")
-        self.spacing_mm = spacing  # type: ignore[assignment]
-        origin = tuple(float(o) for o in self.origin_mm)
+                             f"{self.spacing_zyx_mm!r}")
+        self.spacing_zyx_mm = spacing  # type: ignore[assignment]
+        origin = tuple(float(o) for o in self.origin_xyz_mm)
         if len(origin) != 3:
-            raise InputError(f"origin_mm must be (x, y, z), got {self.origin_mm!r}")
-        self.origin_mm = origin  # type: ignore[assignment]
+            raise InputError(f"origin_xyz_mm must be (x, y, z), got {self.origin_xyz_mm!r}")
+        self.origin_xyz_mm = origin  # type: ignore[assignment]
         direction = np.asarray(self.direction, dtype=np.float64)
         if direction.shape != (3, 3):
             raise InputError(f"direction must be a 3 x 3 matrix, got shape {direction.shape}")
@@ -74,6 +67,20 @@ class CTVolume:
     def shape(self) -> tuple[int, int, int]:
         """(D, H, W) in voxels."""
         return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_xyz_mm(self) -> tuple[float, float, float]:
+        """(x, y, z) voxel spacing in mm: column, row, slice (ITK's order)."""
+        return tuple(reversed(self.spacing_zyx_mm))  # type: ignore[return-value]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """float64 (4, 4) matrix taking an index (column i, row j, slice k, 1) to the LPS
+        position (x, y, z, 1) in mm: ``direction @ diag(spacing_xyz_mm)`` plus the origin."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction * np.asarray(self.spacing_xyz_mm)[None, :]
+        a[:3, 3] = self.origin_xyz_mm
+        return a
 
     def with_hu(self, hu: np.ndarray) -> "CTVolume":
         """A new volume with the same geometry and source headers and different voxel values.
@@ -91,8 +98,8 @@ class CTVolume:
 
         arr = np.clip(np.rint(self.hu), -32768, 32767).astype(np.int16) if int16 else self.hu
         img = sitk.GetImageFromArray(arr)
-        img.SetSpacing(tuple(reversed(self.spacing_mm)))
-        img.SetOrigin(self.origin_mm)
+        img.SetSpacing(self.spacing_xyz_mm)
+        img.SetOrigin(self.origin_xyz_mm)
         img.SetDirection(tuple(self.direction.ravel()))
         return img
 
@@ -109,135 +116,9 @@ class CTVolume:
             raise VolumeReadError(f"expected a 3-D scalar image, got {img.GetDimension()}-D with "
                                   f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
         hu = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
-        return cls(hu=hu, spacing_mm=tuple(reversed(img.GetSpacing())),
-                   origin_mm=img.GetOrigin(),
+        return cls(hu=hu, spacing_zyx_mm=tuple(reversed(img.GetSpacing())),
+                   origin_xyz_mm=img.GetOrigin(),
                    direction=np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3))
-
-
-def _itk_suffix(path: Path) -> str | None:
-    name = path.name.lower()
-    for suffix in ITK_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return None
-
-
-def _nifti_nonfinite(path: Path) -> int:
-    """NaN/inf voxels of a floating-point NIfTI file, counted with nibabel (ITK's NIfTI reader
-    turns them into 0, which would read as water)."""
-    import nibabel
-
-    img = nibabel.load(str(path))
-    if img.header.get_data_dtype().kind != "f":
-        return 0
-    return int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
-
-
-def read_volume(path: str | os.PathLike, series_uid: str | None = None,
-                tilt: str = "refuse") -> CTVolume:
-    """Read a CT volume in HU from a DICOM series folder or a NIfTI / NRRD / MHA file.
-
-    DICOM slices are sorted by their position along the slice normal and RescaleSlope /
-    RescaleIntercept are applied; see :func:`vcesdk.dicom.read_dicom_series`.
-
-    Args:
-        path: a folder holding one DICOM series (or several: the largest CT series is taken,
-            or the one with `series_uid`), a single DICOM file's folder, or an image file.
-        series_uid: SeriesInstanceUID to select in a folder holding several series (list them
-            with :func:`vcesdk.dicom.list_series` or ``vcesdk inspect FOLDER``).
-        tilt: DICOM series with gantry tilt: "refuse" or "resample" (see
-            :func:`vcesdk.dicom.read_dicom_series`).
-
-    Returns:
-        The volume, float32 HU (D, H, W), spacing (z, y, x) mm.
-
-    Raises:
-        VolumeReadError: missing path, unknown format, or unreadable content.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise VolumeReadError(f"input not found: {p}")
-    if p.is_dir():
-        from .dicom import read_dicom_series
-
-        return read_dicom_series(p, series_uid=series_uid, tilt=tilt)
-    if _itk_suffix(p) is not None:
-        import SimpleITK as sitk
-
-        try:
-            img = sitk.ReadImage(str(p))
-        except RuntimeError as exc:
-            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-            raise VolumeReadError(f"cannot read {p}: {msg}") from None
-        vol = CTVolume.from_sitk(img)
-        bad = int(np.count_nonzero(~np.isfinite(vol.hu)))
-        if _itk_suffix(p) in (".nii", ".nii.gz"):
-            bad = max(bad, _nifti_nonfinite(p))
-        if bad:
-            raise InvalidVoxelValuesError(f"{p} holds {bad} NaN or infinite voxel(s); replace "
-                                          f"them (e.g. with -1024 HU outside the body) first")
-        return vol
-    if p.suffix.lower() in (".dcm", "") or p.suffix.lower() == ".ima":
-        from .dicom import read_dicom_series
-
-        return read_dicom_series(p.parent, series_uid=series_uid, tilt=tilt)
-    raise VolumeReadError(f"unknown volume format for {p}: expected a DICOM folder or a file "
-                          f"ending in one of {', '.join(ITK_SUFFIXES)}")
-
-
-def output_path(directory: str | os.PathLike, stem: str, fmt: str) -> Path:
-    """Path of a volume named `stem` in `directory` for format fmt (dicom -> a folder).
-
-    Raises:
-        InputError: unknown format.
-    """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
-    return Path(directory) / f"{stem}{FORMATS[fmt]}"
-
-
-def write_volume(vol: CTVolume, path: str | os.PathLike, like: CTVolume | None = None,
-                 series_description: str = "SYNTHETIC", overwrite: bool = False,
-                 float32: bool = False) -> Path:
-    """Write a volume as a DICOM series (a folder) or as NIfTI / NRRD / MHA (by extension).
-
-    The output is written to a temporary sibling and renamed into place, so a failure leaves
-    nothing behind and an existing path is never half-overwritten.
-
-    Args:
-        vol: the volume to write (float32 HU).
-        path: a folder for a DICOM series (no image suffix), or a file ending in .nii.gz,
-            .nii, .nrrd or .mha.
-        like: the volume whose DICOM headers give the study, patient and frame-of-reference
-            tags of a DICOM output (defaults to `vol` itself); ignored for other formats.
-        series_description: DICOM SeriesDescription; always starts with "SYNTHETIC".
-        overwrite: replace an existing output instead of refusing.
-        float32: keep float32 voxels in NIfTI / NRRD / MHA; by default HU are rounded to
-            int16 as in DICOM (smaller files, what radiology tools expect).
-
-    Returns:
-        The path written.
-
-    Raises:
-        VolumeWriteError: the path exists (and not `overwrite`) or writing failed.
-    """
-    p = Path(path)
-    suffix = _itk_suffix(p)
-    if suffix is None:
-        from .dicom import write_dicom_series
-
-        with atomic_output(p, is_dir=True, overwrite=overwrite) as tmp:
-            write_dicom_series(vol, tmp, like=like, series_description=series_description)
-        return p
-    import SimpleITK as sitk
-
-    with atomic_output(p, is_dir=False, overwrite=overwrite, suffix=suffix) as tmp:
-        try:
-            sitk.WriteImage(vol.to_sitk(int16=not float32), str(tmp), useCompression=suffix != ".nii")
-        except RuntimeError as exc:
-            raise VolumeWriteError(f"cannot write {p}: {str(exc).strip().splitlines()[-1]}"
-                                   ) from None
-    return p
 
 
 def resample_volume(vol: CTVolume, spacing_mm: Sequence[float], size: Sequence[int] | None = None,
@@ -267,10 +148,10 @@ def resample_volume(vol: CTVolume, spacing_mm: Sequence[float], size: Sequence[i
         new_spacing = tuple(float(s) for s in spacing_mm)
         if size is None:
             size = tuple(max(1, int(round(n * s / t)))
-                         for n, s, t in zip(vol.shape, vol.spacing_mm, new_spacing))
+                         for n, s, t in zip(vol.shape, vol.spacing_zyx_mm, new_spacing))
         f.SetOutputSpacing(tuple(reversed(new_spacing)))
         f.SetSize([int(s) for s in reversed(tuple(size))])
-        f.SetOutputOrigin(vol.origin_mm)
+        f.SetOutputOrigin(vol.origin_xyz_mm)
         f.SetOutputDirection(tuple(vol.direction.ravel()))
     out = CTVolume.from_sitk(f.Execute(img))
     return out
@@ -326,15 +207,15 @@ def axis_aligned_grid(vol: CTVolume) -> CTVolume:
     for j in range(3):
         i = int(np.argmax(np.abs(vol.direction[:, j])))
         direction[i, j] = np.sign(vol.direction[i, j])
-    spacing_xyz = np.asarray(vol.spacing_mm[::-1], dtype=np.float64)
+    spacing_xyz = np.asarray(vol.spacing_xyz_mm, dtype=np.float64)
     size_xyz = np.asarray(vol.shape[::-1])
     corners = np.array([[a, b, c] for a in (0, size_xyz[0] - 1) for b in (0, size_xyz[1] - 1)
                         for c in (0, size_xyz[2] - 1)], dtype=np.float64)
-    physical = np.asarray(vol.origin_mm) + (corners * spacing_xyz) @ vol.direction.T
+    physical = np.asarray(vol.origin_xyz_mm) + (corners * spacing_xyz) @ vol.direction.T
     local = physical @ direction  # coordinates along the new index axes
     lo, hi = local.min(axis=0), local.max(axis=0)
     size = np.floor((hi - lo) / spacing_xyz + 1e-6).astype(int) + 1
     origin = direction @ lo
     return CTVolume(hu=np.full(tuple(size[::-1]), -1024.0, dtype=np.float32),
-                    spacing_mm=tuple(vol.spacing_mm), origin_mm=tuple(origin),
+                    spacing_zyx_mm=tuple(vol.spacing_zyx_mm), origin_xyz_mm=tuple(origin),
                     direction=direction)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     DuplicateSliceError,
     GantryTiltError,
     InputError,
@@ -31,7 +31,7 @@ from .errors import (
     VolumeReadError,
     VolumeWriteError,
 )
-from .volume import CTVolume
+from ..volume import CTVolume
 
 _logger = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ def _read_series(folder: Path, series_uid: str | None, tilt: str) -> CTVolume:
     if tilted:
         hu = _untilt(hu, positions, along, first_iop, first.pixel_mm)
     direction = np.column_stack([first_iop[:3], first_iop[3:], normal])
-    return CTVolume(hu=hu, spacing_mm=(dz, *first.pixel_mm), origin_mm=tuple(positions[0]),
+    return CTVolume(hu=hu, spacing_zyx_mm=(dz, *first.pixel_mm), origin_xyz_mm=tuple(positions[0]),
                     direction=direction, source_headers=headers)
 
 
@@ -471,8 +471,8 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
 
     direction = vol.direction
     row_dir, col_dir, normal = direction[:, 0], direction[:, 1], direction[:, 2]
-    origin = np.asarray(vol.origin_mm, dtype=np.float64)
-    dz, dy, dx = vol.spacing_mm
+    origin = np.asarray(vol.origin_xyz_mm, dtype=np.float64)
+    dz, dy, dx = vol.spacing_zyx_mm
     pixels = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
     paths = []
     for k in range(vol.shape[0]):

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import VolumeWriteError
+from ..errors import VolumeWriteError
 
 
 def _remove(path: Path) -> None:
