@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import vcesdk
 from vcesdk.bundle import load_bundle
@@ -273,7 +274,9 @@ def test_several_bundles_give_one_series_per_phase(lung1_path, tmp_path):
     for phase in ("pvp", "ap"):
         vol = vcesdk.read_volume(out / f"scect_{phase}.nii.gz")
         assert vol.shape == (48, 512, 512)
-        assert (out / f"preview_{phase}.png").is_file()
+    png = Image.open(out / "preview.png")  # one preview, a row per phase
+    assert png.format == "PNG" and png.height == 2 * 256 + 8
+    assert [p["preview"] for p in report["phases"]] == ["preview.png"] * 2
     # same weights: the two series are identical
     np.testing.assert_array_equal(vcesdk.read_volume(out / "scect_ap.nii.gz").hu,
                                   vcesdk.read_volume(out / "scect_pvp.nii.gz").hu)

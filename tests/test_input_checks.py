@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-from conftest import CHEST_CTA, shared
+from conftest import CHEST_CTA, HCC_SLICES, shared
 
 import vcesdk
 from vcesdk import errors
@@ -229,3 +229,176 @@ def test_oblique_volume_refused_or_resampled(abdomen_volume):
     assert np.corrcoef(got, (expected - oblique.hu)[body])[0, 1] > 0.75
     assert np.corrcoef(got, (wrong - oblique.hu)[body])[0, 1] < 0.3
     assert (out.hu >= oblique.hu - 1.0).mean() > 0.99  # residual floor 0 HU survives resampling
+
+
+# --- HU plausibility: is the input CT in Hounsfield units? ---------------------------------
+
+REAL_CT = ["pyradiomics_lung1/lung1_image.nrrd", "totalseg_abdomen_native/example_ct.nii.gz",
+           "totalseg_abdomen_labelled/ct.nii.gz", "hcc048_portal_venous/dicom", CTA_AORTA,
+           CTA_PULMONARY]
+
+
+@pytest.mark.parametrize("rel", REAL_CT)
+def test_every_real_ct_looks_like_hu(rel):
+    """Small fields of view (the 1.5 mm chest CTA crops) and -2048 padding (hcc048) pass."""
+    from vcesdk.hu_check import check_hu
+
+    stats = check_hu(vcesdk.read_volume(shared(rel)), "refuse")
+    assert stats.plausible and stats.p01 <= -900.0 and stats.rescale_problem == ""
+
+
+def test_phantoms_look_like_hu():
+    from vcesdk.hu_check import hu_stats
+    from vcesdk.training.phantom import make_phantom
+
+    for seed, region in ((0, "abdomen"), (1, "chest"), (2, "pelvis")):
+        case = make_phantom(seed, shape=(8, 96, 96), region=region,
+                            phases=("ncct", "ap", "pvp", "dp"))
+        for phase, hu in case.phases.items():
+            stats = hu_stats(vcesdk.CTVolume(hu=hu, spacing_zyx_mm=(4, 2, 2)))
+            assert stats.plausible and stats.p01 < -900.0, (region, phase, stats)
+
+
+def _only_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("vcesdk: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_mr_volume_is_refused_unless_the_check_is_off(tmp_path, capsys):
+    """pydicom's MR test image saved as NIfTI (no Modality tag left): refused, nothing
+    written; --hu-check off runs it."""
+    import SimpleITK as sitk
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    mr = tmp_path / "mr.nii.gz"
+    img = sitk.GetImageFromArray(ds.pixel_array.astype(np.float32)[None])
+    img.SetSpacing((0.3125, 0.3125, 5.0))
+    sitk.WriteImage(img, str(mr))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "out"
+    assert main(["synthesize", str(mr), "-o", str(out), "--model", str(vcesdk.DEFAULT_BUNDLE),
+                 "-q"]) == 1
+    line = _only_error(capsys.readouterr().err)
+    assert "does not look like CT in Hounsfield units" in line
+    assert "1st percentile 154" in line and "--hu-check off" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert main(["synthesize", str(mr), "-o", str(out), "--model", str(vcesdk.DEFAULT_BUNDLE),
+                 "--hu-check", "off", "--format", "nifti", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["hu_check"] == {"mode": "off"}
+
+
+def test_unsigned_export_of_a_ct_is_refused_or_warned(abdomen_volume):
+    """The native abdomen re-scaled to unsigned (HU + 1024): 1st percentile ~+12."""
+    from vcesdk.hu_check import hu_stats
+
+    shifted = abdomen_volume.with_hu(np.maximum(abdomen_volume.hu + 1024.0, 0.0))
+    stats = hu_stats(shifted)
+    assert not stats.plausible and 0.0 <= stats.p01 <= 50.0 and stats.min == 0.0
+    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE)
+    with pytest.raises(errors.NotCTError, match=r"1st percentile 1\d"):
+        syn.synthesize(shifted)
+    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, hu_check="warn", contrast_guard="off")
+    with pytest.warns(UserWarning, match="does not look like CT"):
+        syn.synthesize(shifted.with_hu(shifted.hu[:, ::2, ::2].repeat(2, 1).repeat(2, 2)[
+            :, :shifted.shape[1], :shifted.shape[2]]))
+    assert not syn.last_hu.plausible
+    with pytest.raises(errors.InputError, match="hu_check must be one of"):
+        vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, hu_check="maybe")
+
+
+def test_dicom_ct_without_rescale_is_refused(series, tmp_path, capsys):
+    """Real slices whose RescaleIntercept was removed: stored values (air 0, padding -1024)
+    would pass the percentile rule on the padding; the missing rescale is the reason given."""
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.RescaleIntercept
+        ds.save_as(f)
+    out = tmp_path / "out"
+    assert main(["synthesize", str(series), "-o", str(out), "--contrast-guard", "off",
+                 "--model", str(vcesdk.DEFAULT_BUNDLE), "-q"]) == 1
+    line = _only_error(capsys.readouterr().err)
+    assert "has no RescaleIntercept" in line and not out.exists()
+
+
+# --- a named DICOM file means its series ---------------------------------------------------
+
+def test_named_dicom_file_reads_its_own_series(series, tmp_path, capsys):
+    """A folder of slices of two series at the same positions (a folder read would find
+    duplicates across them): naming a file reads that file's series only."""
+    files = sorted(series.iterdir())
+    other = pydicom.uid.generate_uid()
+    for f in files[:3]:  # a second series: the first three slices again, another UID
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = other
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.PixelData = (ds.pixel_array + 7).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(series / f"other_{f.name}")
+    full = vcesdk.read_volume(series)  # the largest series: the 8 original slices
+    assert full.shape[0] == HCC_SLICES
+    mine = vcesdk.read_volume(series / "other_s01.dcm")
+    assert mine.shape == (3, 512, 512)
+    np.testing.assert_allclose(mine.hu, full.hu[:3] + 7.0)
+    assert vcesdk.read_volume(files[4]).shape[0] == HCC_SLICES
+    with pytest.raises(errors.SeriesSelectionError, match="belongs to series"):
+        vcesdk.read_volume(series / "other_s01.dcm",
+                           series_uid=str(full.source_headers[0].SeriesInstanceUID))
+    assert main(["inspect", str(series / "other_s00.dcm")]) == 0
+    assert "volume: 3 x 512 x 512" in capsys.readouterr().out
+
+
+def test_single_file_series_is_a_one_slice_volume(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "one"
+    src.mkdir()
+    shutil.copy2(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    vol = vcesdk.read_volume(src / "ct.dcm")
+    assert vol.shape == (1, 128, 128)
+    assert vol.spacing_zyx_mm[1:] == pytest.approx((0.661468, 0.661468))
+
+
+# --- thin inputs ---------------------------------------------------------------------------
+
+def _slab(vol, k: int, n: int):
+    origin = np.asarray(vol.origin_xyz_mm) + k * vol.spacing_zyx_mm[0] * vol.direction[:, 2]
+    return vcesdk.CTVolume(hu=vol.hu[k:k + n], spacing_zyx_mm=vol.spacing_zyx_mm,
+                           origin_xyz_mm=tuple(origin), direction=vol.direction)
+
+
+def test_thin_input_is_synthesized_with_one_warning():
+    """One and two slices of the sample (thinner than the demo's 8-slice window): the last
+    slice is repeated to fill the window; one warning; liver enhancement within 10 HU and
+    aorta within 30 HU of the same slices synthesized inside the whole volume (measured:
+    liver <= 2 HU, aorta <= 22 HU apart on slices 10, 15, 20)."""
+    from vcesdk.data import sample_ct, sample_labels, sample_label_names
+
+    ct = vcesdk.read_volume(sample_ct())
+    labels = vcesdk.read_volume(sample_labels()).hu
+    ids = {name: value for value, name in sample_label_names().items()}
+    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, contrast_guard="off")
+    full = syn.synthesize(ct).hu - ct.hu
+    for k, n in ((15, 1), (20, 2)):
+        thin = _slab(ct, k, n)
+        with pytest.warns(UserWarning, match=r"thin input: \d slice") as caught:
+            out = syn.synthesize(thin)
+        assert len([w for w in caught if "thin input" in str(w.message)]) == 1
+        assert out.shape == (n, *ct.shape[1:])
+        delta = out.hu - thin.hu
+        for organ, tol in (("liver", 10.0), ("aorta", 30.0)):
+            m = labels[k:k + n] == ids[organ]
+            assert abs(np.median(delta[m]) - np.median(full[k:k + n][m])) < tol, (k, organ)
+        assert float(np.median(delta[labels[k:k + n] == ids["aorta"]])) > 40.0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_enhanced_thin_input_is_judged_slice_by_slice(hcc_volume, tmp_path, n):
+    """One or two enhanced slices (fewer than the 3 the volume rule needs) are flagged when
+    every sampled slice shows blood pool."""
+    thin = _slab(hcc_volume, 40, n)
+    est = estimate_contrast(thin)
+    assert est.enhanced and est.slices_sampled == n and est.blood_pool_hu > 150.0
+    with pytest.raises(errors.ContrastEnhancedInputError):
+        check_contrast(thin, "refuse")

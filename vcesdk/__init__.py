@@ -17,18 +17,22 @@ from pathlib import Path
 from .bundle import Bundle, load_bundle
 from .errors import VcesdkError
 from .runtime import LatencyReport, Synthesizer
-from .stitch import OverlapAverager, gaussian_weight_map, sliding_window
 from .io import read_volume, write_volume
+from .stitch import OverlapAverager, gaussian_weight_map, sliding_window
 from .volume import CTVolume
 
 __version__ = "0.1.0"
 
-#: The bundled demo model: pix2pix3D trained on digital phantoms (portal venous phase).
-#: A demonstration, not for clinical use.
-DEFAULT_BUNDLE: Path = Path(__file__).resolve().parent / "models" / "demo_pvp"
+_MODELS = Path(__file__).resolve().parent / "models"
+#: The bundled demo models, one per contrast phase (arterial, portal venous, delayed):
+#: pix2pix3D trained on digital phantoms. Demonstrations, not for clinical use.
+#: ``vcesdk synthesize`` without ``--model`` runs all three.
+DEFAULT_BUNDLES: tuple[Path, ...] = tuple(_MODELS / f"demo_{p}" for p in ("ap", "pvp", "dp"))
+#: The portal-venous demo model (the one-phase default of :class:`Synthesizer`).
+DEFAULT_BUNDLE: Path = _MODELS / "demo_pvp"
 
 __all__ = [
-    "Bundle", "CTVolume", "DEFAULT_BUNDLE", "LatencyReport", "OverlapAverager", "Synthesizer",
+    "Bundle", "CTVolume", "DEFAULT_BUNDLE", "DEFAULT_BUNDLES", "LatencyReport", "OverlapAverager", "Synthesizer",
     "VcesdkError", "gaussian_weight_map", "load_bundle", "read_volume", "sliding_window",
     "write_volume", "__version__",
 ]

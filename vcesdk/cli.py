@@ -3,6 +3,7 @@
     vcesdk synthesize (INPUT | --sample) -o OUTPUT_DIR [--model BUNDLE ...]
                       [--format dicom|nifti|nrrd|mha] [--series UID] [--tilt refuse|resample]
                       [--oblique refuse|resample] [--contrast-guard warn|refuse|off]
+                      [--hu-check refuse|warn|off]
     vcesdk demo -o OUTPUT_DIR [options of synthesize]   (= synthesize --sample)
     vcesdk inspect INPUT [--series UID] [--tilt refuse|resample]
     vcesdk export CHECKPOINT_OR_BUNDLE -o BUNDLE --parity-input CT
@@ -29,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import DEFAULT_BUNDLE, __version__
+from . import DEFAULT_BUNDLE, DEFAULT_BUNDLES, __version__
 from .errors import InputError, VcesdkError
 from .io import FORMATS
 
@@ -83,7 +84,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
     from .bundle import load_bundle
     from .io.atomic import atomic_output
-    from .preview import preview_strip
+    from .preview import preview_phases, preview_strip
     from .runtime import Synthesizer
     from .io import output_path, read_volume, write_volume
     from .volume import orient_volume
@@ -98,12 +99,13 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         raise InputError(f"output folder already exists: {out_dir} (choose another or pass "
                          f"--overwrite)")
     syns = []
-    for model in args.model or [str(DEFAULT_BUNDLE)]:
+    for model in args.model or [str(b) for b in DEFAULT_BUNDLES]:
         bundle = load_bundle(model)
         # one input, one contrast check: the first model's synthesis runs it for all phases
         syns.append(Synthesizer(bundle, providers=args.providers,
                                 provider_options=_provider_options(args, bundle),
                                 contrast_guard=args.contrast_guard if not syns else "off",
+                                hu_check=args.hu_check if not syns else "off",
                                 oblique=args.oblique))
     phases = [s.bundle.phase for s in syns]
     if len(set(phases)) != len(phases):
@@ -132,7 +134,6 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     for message in warned:
         print(f"vcesdk: warning: {message}", file=sys.stderr)
     contrast = syns[0].last_contrast
-    single = len(results) == 1
     entries = []
     with atomic_output(out_dir, is_dir=True, overwrite=args.overwrite) as tmp:
         # shown in radiological convention (LPS: anterior up, patient's left on the right)
@@ -148,25 +149,32 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                 write_volume(aux[a.name], a_path, like=vol, series_description=(
                     f"SYNTHETIC {a.name.upper()} {phase.upper()} ({syn.bundle.name})"))
                 aux_files[a.name] = a_path.name
-            preview = "preview.png" if single else f"preview_{phase}.png"
-            preview_strip(shown.hu, orient_volume(scect).hu, tmp / preview,
-                          spacing_mm=shown.spacing_zyx_mm)
-            entries.append({"output": vol_path.name, "preview": preview,
+            entries.append({"output": vol_path.name, "preview": "preview.png",
                             "bundle": syn.bundle.name, "phase": phase,
                             "method": syn.bundle.manifest["method"],
                             "demo": bool(syn.bundle.manifest.get("demo")),
                             "provider": syn.provider, "auxiliary": aux_files,
                             "latency": lat.__dict__ if lat else None})
+        if len(results) == 1:  # one phase: three slice levels
+            preview_strip(shown.hu, orient_volume(results[0][1]).hu, tmp / "preview.png",
+                          spacing_mm=shown.spacing_zyx_mm)
+        else:  # a row per phase at the middle slice
+            preview_phases(shown.hu, {syn.bundle.phase: orient_volume(scect).hu
+                                      for syn, scect, _, _ in results},
+                           tmp / "preview.png", spacing_mm=shown.spacing_zyx_mm)
         report = {"input": str(src), "shape": list(vol.shape),
                   "spacing_mm": list(vol.spacing_zyx_mm), "vcesdk": __version__,
                   "contrast_check": (dataclasses.asdict(contrast) | {"mode": args.contrast_guard}
                                      if contrast is not None else {"mode": "off"}),
+                  "hu_check": (dataclasses.asdict(syns[0].last_hu) | {"mode": args.hu_check}
+                               if syns[0].last_hu is not None else {"mode": "off"}),
                   **entries[0], "phases": entries}
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     for e in entries:
-        print(f"wrote {out_dir / e['output']}, {out_dir / e['preview']}")
+        print(f"wrote {out_dir / e['output']}")
         for name in e["auxiliary"].values():
             print(f"wrote {out_dir / name}")
+    print(f"wrote {out_dir / 'preview.png'}")
     print(f"wrote {out_dir / 'report.json'}")
     for _, _, lat, _ in results:
         if lat is not None:
@@ -312,8 +320,9 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .contrast import estimate_contrast
-    from .io.dicom import list_series
+    from .hu_check import hu_stats
     from .io import read_volume
+    from .io.dicom import list_series
     from .volume import obliquity_deg, orientation_code
 
     src = Path(args.input)
@@ -328,10 +337,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("  (* read when no --series is given)")
     vol = read_volume(src, series_uid=args.series, tilt=args.tilt)
     est = estimate_contrast(vol)
+    hu = hu_stats(vol)
     print(f"volume: {vol.shape[0]} x {vol.shape[1]} x {vol.shape[2]} (D x H x W), spacing "
           f"{'/'.join(f'{s:.3g}' for s in vol.spacing_zyx_mm)} mm (z/y/x), orientation "
           f"{orientation_code(vol)}, {obliquity_deg(vol):.1f} degrees oblique, HU "
           f"{float(vol.hu.min()):.0f}..{float(vol.hu.max()):.0f}")
+    print(f"hu check: {'CT in HU' if hu.plausible else 'NOT CT in HU'}: {hu.line()}")
     print(f"contrast: {est.line()}")
     return 0
 
@@ -391,6 +402,10 @@ def _synthesize_options(s: argparse.ArgumentParser) -> None:
                         "axis-aligned resampled grid")
     s.add_argument("--contrast-guard", choices=("warn", "refuse", "off"), default="warn",
                    help="input that already looks contrast-enhanced: warn (default), refuse, "
+                        "or do not check")
+    s.add_argument("--hu-check", choices=("refuse", "warn", "off"), default="refuse",
+                   help="input that does not look like CT in HU (no air near -1000: MR, PET, "
+                        "unsigned exports, DICOM CT without rescale): refuse (default), warn, "
                         "or do not check")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -11,12 +11,14 @@ import logging
 import os
 import statistics
 import time
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .bundle import Bundle, load_bundle, round_up
 from .contrast import check_contrast
+from .hu_check import HU_CHECK_MODES, HUStats, check_hu
 from .errors import (
     InputError,
     InvalidVoxelValuesError,
@@ -191,12 +193,15 @@ class ModelInput:
         work: the volume on the model grid (resampled when the bundle says so), HU.
         channels: float32 (C, *padded) model input values.
         window, stride: (d, h, w) window and stride for :func:`~vcesdk.stitch.sliding_window`.
+        replicated_slices: slices added by repeating the last one, when the volume on the
+            model grid is thinner than the window (0 otherwise).
     """
 
     work: CTVolume
     channels: np.ndarray
     window: tuple[int, int, int]
     stride: tuple[int, int, int]
+    replicated_slices: int = 0
 
     def windows(self, limit: int | None = None) -> np.ndarray:
         """The first `limit` windows (all by default), float32 (N, C, d, h, w)."""
@@ -233,13 +238,21 @@ def _prepare_finite(bundle: Bundle, vol: CTVolume) -> ModelInput:
     shape = work.shape
     padded, window, stride = plan_windows(bundle, shape)
     channels = hu_to_channels(work.hu, bundle.windows)
+    replicated = max(0, window[0] - shape[0])
+    if replicated:
+        # a thin input (fewer slices than the window): its last slice is repeated to the
+        # window depth, so the network sees anatomy that continues rather than air
+        channels = np.concatenate([channels, np.repeat(channels[:, -1:], replicated, axis=1)],
+                                  axis=1)
+        shape = channels.shape[1:]
     if padded != shape:
         pad_values = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
         full = np.empty((len(bundle.windows), *padded), dtype=np.float32)
         full[:] = pad_values[:, None, None, None]
         full[:, :shape[0], :shape[1], :shape[2]] = channels
         channels = full
-    return ModelInput(work=work, channels=channels, window=window, stride=stride)
+    return ModelInput(work=work, channels=channels, window=window, stride=stride,
+                      replicated_slices=replicated)
 
 
 def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
@@ -285,6 +298,9 @@ class Synthesizer:
         contrast_guard: what to do when the input already looks contrast-enhanced (see
             :mod:`vcesdk.contrast`): "warn" (default; a :class:`UserWarning` and a log line),
             "refuse" (raise :class:`~vcesdk.errors.ContrastEnhancedInputError`) or "off".
+        hu_check: what to do with an input that does not look like CT in Hounsfield units
+            (see :mod:`vcesdk.hu_check`: no air at all, e.g. MR, PET or an unsigned export):
+            "refuse" (default; raise :class:`~vcesdk.errors.NotCTError`), "warn" or "off".
         oblique: what to do with a volume whose axes are oblique to the patient axes by more
             than :data:`MAX_OBLIQUE_DEG`: "refuse" (default; raise
             :class:`~vcesdk.errors.ObliqueVolumeError`) or "resample" (run on an axis-aligned
@@ -304,6 +320,8 @@ class Synthesizer:
         last_latency: the :class:`LatencyReport` of the last call.
         last_contrast: the :class:`~vcesdk.contrast.ContrastEstimate` of the last call (None
             when the guard is off).
+        last_hu: the :class:`~vcesdk.hu_check.HUStats` of the last call (None when the HU
+            check is off).
         last_auxiliary: the auxiliary outputs the bundle declares
             (:class:`~vcesdk.bundle.AuxiliaryOutput`, e.g. MAN-GAN's "subtraction" map), of the
             last call: name -> float32 HU volume on the input's grid; empty for bundles
@@ -318,7 +336,7 @@ class Synthesizer:
                  providers: Sequence[str] | None = None, intra_op_threads: int = 0,
                  provider_options: dict[str, dict] | None = None,
                  memory_budget_mb: float | None = None, contrast_guard: str = "warn",
-                 oblique: str = "refuse") -> None:
+                 oblique: str = "refuse", hu_check: str = "refuse") -> None:
         from . import DEFAULT_BUNDLE
         from .contrast import GUARD_MODES
 
@@ -328,7 +346,12 @@ class Synthesizer:
         if oblique not in OBLIQUE_MODES:
             raise InputError(f"oblique must be one of {', '.join(OBLIQUE_MODES)}, got "
                              f"{oblique!r}")
+        if hu_check not in HU_CHECK_MODES:
+            raise InputError(f"hu_check must be one of {', '.join(HU_CHECK_MODES)}, got "
+                             f"{hu_check!r}")
         self.contrast_guard = contrast_guard
+        self.hu_check = hu_check
+        self.last_hu: HUStats | None = None
         self.oblique = oblique
         self.last_contrast = None
         self.last_auxiliary: dict[str, CTVolume] = {}
@@ -388,6 +411,12 @@ class Synthesizer:
             ObliqueVolumeError: oblique axes and ``oblique="refuse"``.
             ContrastEnhancedInputError: the input looks enhanced and
                 ``contrast_guard="refuse"``.
+            NotCTError: the input does not look like CT in HU and ``hu_check="refuse"``.
+
+        Warns:
+            UserWarning: an input thinner than the model's window on the model grid (its last
+                slice is repeated to fill the window), an enhanced-looking input
+                (``contrast_guard="warn"``), a non-HU-looking input (``hu_check="warn"``).
         """
         t0 = time.perf_counter()
         angle = obliquity_deg(vol)
@@ -397,6 +426,7 @@ class Synthesizer:
                 f"acquisition or reformat); pass --oblique resample (oblique='resample') to "
                 f"run on an axis-aligned grid")
         _check_finite(vol)  # once per call; resampling (oblique path) keeps values finite
+        self.last_hu = check_hu(vol, self.hu_check)
         self.last_contrast = check_contrast(vol, self.contrast_guard)
         if angle > MAX_OBLIQUE_DEG:
             aligned = resample_volume(vol, (), reference=axis_aligned_grid(vol),
@@ -421,6 +451,13 @@ class Synthesizer:
                 f"{need:.0f} MB, over the {self.memory_budget_mb:.0f} MB budget; raise "
                 f"memory_budget_mb (VCESDK_MEMORY_BUDGET_MB) or split the volume")
         prep = _prepare_finite(b, vol)
+        if prep.replicated_slices:
+            msg = (f"thin input: {prep.work.shape[0]} slice(s) on the model grid "
+                   f"({vol.shape[0]} in the input), fewer than the model's window of "
+                   f"{prep.window[0]}; the last slice was repeated to fill the window, so "
+                   f"through-plane context is missing and the result is less reliable")
+            _logger.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
         t_prep = time.perf_counter()
         work, window, stride = prep.work, prep.window, prep.stride
         shape = work.shape

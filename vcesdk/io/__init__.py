@@ -67,10 +67,12 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None,
         The volume, float32 HU (D, H, W), spacing (z, y, x) mm.
 
     Raises:
-        VolumeReadError: missing path, unknown format, or unreadable content.
+        VolumeReadError: missing path, unknown format, or unreadable content; a named DICOM
+            file with no plane position and orientation.
+        NotCTError: a named DICOM file (or the series read) is not CT.
         SeriesSelectionError: a named DICOM file and a different `series_uid`.
     """
-    from .dicom import read_dicom_series
+    from .dicom import check_ct_image_file, read_dicom_series
 
     p = Path(path)
     if not p.exists():
@@ -80,6 +82,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None,
     if itk_suffix(p) is not None:
         return read_itk(p)
     if p.suffix.lower() in (".dcm", ".ima", ""):
+        check_ct_image_file(p)  # why the named file itself cannot be used, if it cannot
         uid = series_uid_of_file(p)
         if series_uid is not None and series_uid != uid:
             raise SeriesSelectionError(f"{p} belongs to series {uid}, not the requested "

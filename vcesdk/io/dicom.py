@@ -143,6 +143,48 @@ def _read_headers(folder: Path) -> list[_Frame]:
     return frames
 
 
+def check_ct_image_file(path: str | os.PathLike) -> None:
+    """Check that one DICOM file is a CT image that can be placed in a volume (header only).
+
+    A named file's own series is read from the folder beside it, where files that are not
+    placeable CT images are skipped; this check says why the named file itself cannot be
+    used, instead of a folder-level "no images" or "series not found".
+
+    Raises:
+        VolumeReadError: not a readable DICOM file, a malformed header, or an image with no
+            plane position and orientation (ImagePositionPatient, ImageOrientationPatient).
+        NotCTError: the file is not CT (another Modality, or none: e.g. a DICOMDIR, a
+            structured report, secondary capture).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID
+
+    p = Path(path)
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, *_HEADER_ERRORS) as exc:
+        raise VolumeReadError(f"cannot read {p} as DICOM: {type(exc).__name__}: {exc}"
+                              ) from None
+    try:
+        for keyword in _USED_TAGS:
+            str(ds.get(keyword, ""))
+        modality = str(ds.get("Modality", "") or "")
+        if modality != "CT":
+            sop = ds.get("SOPClassUID", None) or getattr(
+                getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+            kind = UID(str(sop)).name if sop else "no SOP class"
+            raise NotCTError(f"{p} has Modality {modality or '(absent)'} ({kind}), not CT; "
+                             f"vcesdk needs CT")
+        frames = _frames_of(p, ds)
+    except _HEADER_ERRORS as exc:
+        raise VolumeReadError(f"malformed DICOM header in {p}: {type(exc).__name__}: {exc}"
+                              ) from None
+    if not frames:
+        raise VolumeReadError(f"{p} has no ImagePositionPatient / ImageOrientationPatient; "
+                              f"its slice cannot be placed in a volume")
+
+
 def _normal(iop: np.ndarray) -> np.ndarray:
     return np.cross(iop[:3], iop[3:])
 
