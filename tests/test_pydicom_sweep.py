@@ -21,20 +21,18 @@ import vcesdk
 from vcesdk.cli import main
 
 
-def _sweep_files() -> list:
-    """pytest params (id = source/relative path) of the files pydicom's get_testdata_files()
-    returns, found without downloading: pydicom's own test_files, each installed external
-    source (pydicom-data), and files pydicom already downloaded into its cache."""
+def _sweep_files() -> list[tuple[str, Path, bool]]:
+    """(name, path, external) of the files pydicom's get_testdata_files() returns, found
+    without downloading: pydicom's own test_files, each installed external source
+    (pydicom-data), and files pydicom already downloaded into its cache (external)."""
     from pydicom.data import data_manager as dm
 
-    params, seen = [], set()
+    found, seen = [], set()
 
     def add(name: str, path: Path, external: bool) -> None:
-        if path.resolve() in seen:
-            return
-        seen.add(path.resolve())
-        # pydicom-data and downloaded files are larger; their synthesis is marked slow
-        params.append(pytest.param(path, external, id=name))
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            found.append((name, path, external))
 
     root = Path(dm.DATA_ROOT) / "test_files"
     for p in sorted(root.rglob("*")):
@@ -48,7 +46,14 @@ def _sweep_files() -> list:
     for name in sorted(dm.get_url_map()):
         if (cache / name).is_file():
             add(f"pydicom-cache/{name}", cache / name, True)
-    return params
+    return found
+
+
+def _params(slow_external: bool) -> list:
+    """One pytest param (name, path) per file, named by source and relative path."""
+    return [pytest.param(name, path, id=name,
+                         marks=[pytest.mark.slow] if slow_external and external else [])
+            for name, path, external in FILES]
 
 
 FILES = _sweep_files()
@@ -80,27 +85,23 @@ def _assert_one_error_line(err: str) -> None:
         lines[0]
 
 
-def _id(path: Path) -> str:
-    return next(p.id for p in FILES if p.values[0] == path)
-
-
 def _listing(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
 
 
 def test_sweep_finds_pydicoms_test_files():
-    ids = {p.id for p in FILES}
+    names = {name for name, _, _ in FILES}
     assert len(FILES) >= 150  # pydicom 3.0 ships 176
     assert READS | {"pydicom/MR_small.dcm", "pydicom/rtplan.dcm",
-                    "pydicom/dicomdirtests/DICOMDIR"} <= ids
+                    "pydicom/dicomdirtests/DICOMDIR"} <= names
 
 
-@pytest.mark.parametrize("path, external", FILES)
-def test_inspect(path, external, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("name, path", _params(slow_external=False))
+def test_inspect(name, path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # a stray relative write would land here
     before = _listing(path.parent)
     rc, out, err = _cli(["inspect", str(path)], capsys)
-    if _id(path) in READS:
+    if name in READS:
         assert rc == 0, err
     if rc == 0:
         assert "volume: " in out and "contrast: " in out, out
@@ -111,16 +112,15 @@ def test_inspect(path, external, tmp_path, monkeypatch, capsys):
     assert _listing(path.parent) == before
 
 
-@pytest.mark.parametrize("path, external", [
-    pytest.param(*p.values, id=p.id, marks=[pytest.mark.slow] if p.values[1] else [])
-    for p in FILES])
-def test_synthesize(path, external, tmp_path, monkeypatch, capsys):
+# pydicom-data's and downloaded files are larger CT: their synthesis is marked slow
+@pytest.mark.parametrize("name, path", _params(slow_external=True))
+def test_synthesize(name, path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     before = _listing(path.parent)
     out_dir = tmp_path / "out"
     rc, out, err = _cli(["synthesize", str(path), "-o", str(out_dir), "--format", "nifti",
                          "-q"], capsys)
-    if _id(path) in SYNTHESIZES:
+    if name in SYNTHESIZES:
         assert rc == 0, err
     if rc == 0:
         assert "vcesdk: error:" not in err

@@ -514,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # pydicom warns about every odd header of every file in a scanned folder, even files
+        # of other series; what matters to the user reaches them as one error line. -v shows it.
+        import pydicom.config  # noqa: F401  (its import sets the logger's level)
+
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
     try:
         return int(args.func(args))
     except VcesdkError as exc:
