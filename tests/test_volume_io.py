@@ -155,3 +155,16 @@ def test_read_errors_are_clear(tmp_path):
     bad.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(VolumeReadError, match="cannot read"):
         vcesdk.read_volume(bad)
+
+
+def test_affine_maps_indices_like_itk(hcc_volume, abdomen_volume):
+    """CTVolume.affine takes (column, row, slice, 1) to LPS mm exactly as ITK does, and the
+    axis-named spacings are each other's reverse."""
+    for vol in (hcc_volume, abdomen_volume):
+        img = vol.to_sitk()
+        assert vol.spacing_xyz_mm == tuple(reversed(vol.spacing_zyx_mm)) == img.GetSpacing()
+        for index in ((0, 0, 0), (5, 7, 3), (vol.shape[2] - 1, vol.shape[1] - 1,
+                                             vol.shape[0] - 1)):
+            lps = vol.affine @ np.array([*index, 1.0])
+            np.testing.assert_allclose(lps[:3], img.TransformIndexToPhysicalPoint(index),
+                                       atol=1e-6)
