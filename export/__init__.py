@@ -1,6 +1,21 @@
-"""vcesdk.export: trained generators to deployable model bundles (ONNX first; TorchScript and
-TensorRT follow), each export checked numerically against eager PyTorch."""
-from .bundle_writer import export_bundle
-from .onnx_export import export_onnx, onnx_parity
+"""vcesdk.export: trained generators to deployable model bundles (ONNX, TorchScript,
+AOTInductor, TensorRT, torch-tensorrt), each export checked numerically against eager PyTorch.
+
+Names are imported on first use (PEP 562), so ``vcesdk.export.engine_build`` (``vcesdk
+build-engine``) and the format table load without PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"export_bundle": "bundle_writer", "export_onnx": "onnx_export",
+         "onnx_parity": "onnx_export"}
 
 __all__ = ["export_bundle", "export_onnx", "onnx_parity"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,36 +1,37 @@
 """Write a model bundle from a training checkpoint: ONNX export, parity check, manifest."""
 from __future__ import annotations
 
-import copy
 import datetime as _dt
-import json
 import logging
 import os
 import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
 import vcesdk
-from vcesdk.bundle import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    bundle_from_manifest,
-    load_bundle,
-    sha256_file,
-    validate_manifest,
-)
-from vcesdk.engines import MODEL_INPUT, engine_profiles, local_gpu_environment, sidecar_path
-from vcesdk.errors import BundleError, InputError, MissingDependencyError
+from vcesdk.bundle import SCHEMA_VERSION, bundle_from_manifest, load_bundle
+from vcesdk.engines import MODEL_INPUT, engine_profiles, local_gpu_environment
+from vcesdk.errors import InputError, MissingDependencyError
 from vcesdk.io.atomic import atomic_output
 from vcesdk.runtime import prepare_model_input
 from vcesdk.volume import CTVolume
 
+from .engine_build import (  # noqa: F401  (build_bundle_engine, _write_manifest: API)
+    _PROVIDER,
+    BUILD_SCRIPT,
+    ENGINE_FILE,
+    _add_engine,
+    _checked_parity,
+    _runner,
+    _write_manifest,
+    build_bundle_engine,
+    calibration_windows,
+)
 from .formats import TOLERANCE_HU, check_options, parse_formats
 from .onnx_export import export_onnx
-from .parity import eager_runner, measure_parity
+from .parity import eager_runner
 from .torchscript_export import export_torchscript
 
 _logger = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def _manifest(recipe: dict, network: dict, multiple_of: tuple[int, int, int], de
 
 
 TARGETS: tuple[str, ...] = ("local", "jetson")
-ENGINE_FILE = "model.engine"
-BUILD_SCRIPT = "build_engine.sh"
 
 
 def _check_gpu_formats(names: Sequence[str], target: str) -> None:
@@ -95,6 +94,12 @@ def _check_gpu_formats(names: Sequence[str], target: str) -> None:
     if "tensorrt" in names and "onnx" not in names:
         raise InputError("TensorRT engines are built from the ONNX export: use --format "
                          "onnx,tensorrt")
+    if "aoti_cuda" in names:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingDependencyError("aoti_cuda packages are compiled on a CUDA GPU: none "
+                                         "is visible to torch (install a CUDA build of torch)")
     if "torch_tensorrt" in names or ("tensorrt" in names and target == "local"):
         local_gpu_environment()
     if "torch_tensorrt" in names:
@@ -103,27 +108,6 @@ def _check_gpu_formats(names: Sequence[str], target: str) -> None:
         if importlib.util.find_spec("torch_tensorrt") is None:
             raise MissingDependencyError("torch-tensorrt is not installed: pip install "
                                          "'vcesdk[gpu]' on a machine with an NVIDIA GPU")
-
-
-def calibration_windows(bundle, volumes: Sequence[CTVolume], shape: Sequence[int],
-                        max_batches: int = 64) -> list[np.ndarray]:
-    """INT8 calibration batches of one shape from real CT volumes, prepared exactly as the
-    runtime prepares them (see :func:`vcesdk.export.tensorrt_export.fit_windows`).
-
-    Raises:
-        InputError: the volumes give no complete batch.
-    """
-    from vcesdk.intensity import hu_to_channels
-
-    from .tensorrt_export import fit_windows
-
-    pad = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
-    batches: list[np.ndarray] = []
-    for vol in volumes:
-        batches += fit_windows(prepare_model_input(bundle, vol).windows(), shape, pad)
-    if not batches:
-        raise InputError(f"calibration volumes gave no complete batch of shape {list(shape)}")
-    return batches[:max_batches]
 
 
 def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
@@ -145,7 +129,8 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         max_parity_windows: windows compared.
         overwrite: replace an existing bundle folder.
         formats: export formats from :data:`vcesdk.export.formats.FORMATS` ("onnx",
-            "torchscript", "tensorrt", "torch_tensorrt"), in order; tensorrt needs onnx.
+            "torchscript", "aoti", "aoti_cuda", "tensorrt", "torch_tensorrt"), in order;
+            tensorrt needs onnx.
         options: per-format options, checked against the format table.
         target: "local" (GPU formats are built here) or "jetson" (the TensorRT engine is
             built on the device: the bundle carries the ONNX file, the profiles in
@@ -200,6 +185,17 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         bundle = bundle_from_manifest(tmp, manifest)
         for f in fmts:
             o = opts[f.name]
+            if f.name in ("aoti", "aoti_cuda"):
+                from .aoti_export import AOTI_PLANE_MAX, export_aoti
+
+                name = f"model{f.suffix}"
+                prof = engine_profiles(bundle, o.get("max_batch"),
+                                       plane=(multiple[1], 256, AOTI_PLANE_MAX))[MODEL_INPUT]
+                meta = export_aoti(gen, tmp / name, prof, multiple,
+                                   "cuda" if f.name == "aoti_cuda" else "cpu")
+                files[name] = {"role": "model", "format": f.name,
+                               "precision": o["precision"], **meta}
+                continue
             if f.name not in ("tensorrt", "torch_tensorrt"):
                 continue
             profiles = engine_profiles(bundle, o.get("max_batch"))
@@ -240,128 +236,6 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
                 TOLERANCE_HU[meta["precision"]], _PROVIDER[meta["format"]],
                 what=meta["format"], versus=f"{meta['format']} - eager",
                 reference_name="eager PyTorch fp32 (CPU)")
-        _write_manifest(tmp, manifest)
-    return final
-
-
-def _add_engine(files: dict, name: str, fmt: str, precision: str,
-                sidecar: Mapping[str, Any]) -> None:
-    """List an engine-holding model file and its sidecar (with the GPU it was built for)."""
-    side = sidecar_path(name).name
-    files[name] = {"role": "model", "format": fmt, "precision": precision, "sidecar": side}
-    files[side] = {"role": "sidecar", "format": "json", "describes": name,
-                   **{k: sidecar[k] for k in ("gpu_name", "compute_capability", "tensorrt",
-                                              "cuda")}}
-
-
-def _widest_hu_range(bundle) -> tuple[float, float]:
-    """The output HU range with the most HU per model unit among the image and the auxiliary
-    outputs: parity in HU is then never understated for any channel."""
-    ranges = [bundle.output_hu, *(a.hu_range for a in bundle.auxiliary)]
-    return max(ranges, key=lambda r: r[1] - r[0])
-
-
-def _checked_parity(reference, candidate, windows: np.ndarray, bundle, tol: float,
-                    provider: str, what: str, versus: str, reference_name: str) -> dict:
-    """Parity of `candidate` against `reference` on real-CT windows, as the manifest records
-    it; raises BundleError("<what> parity failed: max |<versus>| = ...") out of tolerance."""
-    parity = measure_parity(reference, candidate, [w[None] for w in windows],
-                            _widest_hu_range(bundle), tol, provider)
-    if not parity["passed"]:
-        raise BundleError(f"{what} parity failed: max |{versus}| = "
-                          f"{parity['max_abs_hu']:.3f} HU > {tol} HU tolerance")
-    _logger.info("%s parity %.4f HU (tolerance %s HU)", what, parity["max_abs_hu"], tol)
-    return {"max_abs_hu": round(parity["max_abs_hu"], 6), "tolerance_hu": tol,
-            "reference": reference_name, "provider": parity["provider"],
-            "windows": parity["windows"], "window_shape": list(windows.shape[1:])}
-
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    """Checksum every listed file, validate, write manifest.json, verify by loading."""
-    for name, meta in manifest["files"].items():
-        meta["sha256"] = sha256_file(folder / name)
-    validate_manifest(manifest)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    load_bundle(folder)
-
-
-_PROVIDER = {"onnx": "CPUExecutionProvider", "torchscript": "torchscript:cpu",
-             "tensorrt": "TensorRTEngine", "torch_tensorrt": "TorchTensorRT"}
-
-
-def _runner(fmt: str, path: Path, bundle_dir: Path):
-    """batch -> output of one exported model file, run as the runtime runs it."""
-    if fmt == "onnx":
-        from vcesdk.backends import OrtBackend
-
-        return OrtBackend(path, ["CPUExecutionProvider"]).run
-    from vcesdk.backends import BUNDLE_PROVIDERS, open_bundle_backend
-
-    name = next(p for p, (f, _) in BUNDLE_PROVIDERS.items() if f == fmt)
-    return open_bundle_backend(name, path, bundle_dir).run
-
-
-def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
-                        precision: str | None = None, workspace_gb: float | None = None,
-                        max_batch: int | None = None, calib_volumes: Sequence[CTVolume] = (),
-                        max_parity_windows: int = 4) -> Path:
-    """Build the TensorRT engine of a bundle on this machine (``vcesdk build-engine``), as on
-    a Jetson for a bundle exported with ``--target jetson``.
-
-    The engine is built from the bundle's verified ONNX file with the profiles of its
-    manifest, gets a sidecar, and is checked against ONNX Runtime (CPU) on the bundle's ONNX
-    file over real-CT windows (the ONNX file itself passed parity against eager PyTorch at
-    export). The bundle is updated atomically: a copy is changed and renamed into place.
-
-    Args:
-        bundle_path: the bundle folder (updated in place, atomically).
-        parity_volume: real CT whose windows check the engine.
-        precision: "fp32", "fp16" or "int8"; default: manifest engine_build.precision, else
-            fp32.
-        workspace_gb: builder workspace, GiB; default: engine_build.workspace_gb, else 4.
-        max_batch: largest batch when the manifest carries no engine_build profiles.
-        calib_volumes: real CT volumes for int8 calibration.
-        max_parity_windows: windows compared.
-
-    Returns:
-        The bundle folder.
-
-    Raises:
-        MissingDependencyError: no TensorRT or CUDA GPU here.
-        BundleError: the bundle has no ONNX model, the build fails, or parity fails.
-        InputError: int8 without calibration volumes.
-    """
-    import shutil
-
-    from .tensorrt_export import build_engine
-
-    src = load_bundle(bundle_path)
-    plan = src.manifest.get("engine_build") or {}
-    precision = precision or plan.get("precision", "fp32")
-    workspace_gb = workspace_gb or plan.get("workspace_gb", 4)
-    check_options(parse_formats("tensorrt")[0], {"precision": precision})
-    if precision == "int8" and not calib_volumes:
-        raise InputError("int8 needs calibration CT volumes (--calib DIR)")
-    onnx_file = src.file("model", "onnx")
-    local_gpu_environment()
-    final = Path(bundle_path)
-    with atomic_output(final, is_dir=True, overwrite=True) as tmp:
-        shutil.copytree(final, tmp, dirs_exist_ok=True)
-        manifest = copy.deepcopy(src.manifest)
-        bundle = bundle_from_manifest(tmp, manifest)
-        profiles = plan.get("profiles") or engine_profiles(bundle, max_batch)
-        calib = (calibration_windows(bundle, calib_volumes, profiles[MODEL_INPUT]["opt"])
-                 if precision == "int8" else None)
-        side = build_engine(tmp / onnx_file.name, tmp / ENGINE_FILE, profiles, precision,
-                            workspace_gb, calib)
-        files = manifest["files"]
-        _add_engine(files, ENGINE_FILE, "tensorrt", precision, side)
-        windows = prepare_model_input(bundle, parity_volume).windows(max_parity_windows)
-        files[ENGINE_FILE]["parity"] = _checked_parity(
-            _runner("onnx", tmp / onnx_file.name, tmp), _runner("tensorrt", tmp / ENGINE_FILE, tmp),
-            windows, bundle, TOLERANCE_HU[precision], "TensorRTEngine",
-            what=f"TensorRT {precision} engine", versus="engine - ONNX",
-            reference_name=f"{onnx_file.name} on ONNX Runtime CPU")
         _write_manifest(tmp, manifest)
     return final
 

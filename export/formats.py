@@ -50,6 +50,13 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                   "precision": ("fp32",)},
                  "TorchScript (torch.jit.script or trace, frozen); code, loaded only from "
                  "verified bundles"),
+    ExportFormat("aoti", ".pt2", False,
+                 {"precision": ("fp32",), "max_batch": int},
+                 "AOTInductor package (torch.export + torch._inductor.aoti_compile_and_package) "
+                 "for the CPU; dynamic batch and plane"),
+    ExportFormat("aoti_cuda", ".cuda.pt2", True,
+                 {"precision": ("fp32",), "max_batch": int},
+                 "AOTInductor package compiled for CUDA GPUs (needs a CUDA build of torch)"),
     ExportFormat("tensorrt", ".engine", True,
                  {"precision": ("fp32", "fp16", "int8"), "workspace_gb": int, "max_batch": int},
                  "TensorRT engine built from the ONNX file with TensorRT's Python builder; "

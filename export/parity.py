@@ -1,16 +1,20 @@
 """Numeric parity of an exported model against a reference, in HU of the output range."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def eager_runner(generator: torch.nn.Module) -> Runner:
+def eager_runner(generator: "torch.nn.Module") -> Runner:
     """float32 (B, C, d, h, w) -> eager PyTorch fp32 output on the CPU (the reference)."""
+    import torch
+
     generator = generator.eval()
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -193,15 +192,16 @@ def write_triton_repository(bundle_path: str | os.PathLike, out_dir: str | os.Pa
                 continue
             # no engine in the bundle: plans are built on the serving GPU
             shutil.copy2(bundle.file("model", "onnx"), model_dir / "model.onnx")
-            from .tensorrt_export import trtexec_command
+            from .tensorrt_export import build_script
 
             prof = engine_profiles(bundle, max_batch=max_batch_size)
-            cmd = trtexec_command("model.onnx", "1/model.plan", prof, "fp32")
-            (model_dir / "build_plan.sh").write_text(
-                "#!/bin/sh\n# Build 1/model.plan on the GPU Triton serves from (TensorRT plans "
-                "are tied to the GPU\n# and TensorRT version). Run inside this folder; add "
-                "--fp16 for half precision.\nset -e\ncd \"$(dirname \"$0\")\"\n"
-                + shlex.join(cmd) + "\n", encoding="utf-8")
+            (model_dir / "build_plan.sh").write_text(build_script(
+                "model.onnx", "1/model.plan", prof, "fp32", 4, header=[
+                    "# Build 1/model.plan on the GPU Triton serves from (TensorRT plans are",
+                    "# tied to the GPU and TensorRT version): finds trtexec, picks its flags "
+                    "by TensorRT version,",
+                    "# writes model.plan.json (the sidecar). Run inside this folder."]),
+                encoding="utf-8")
             (model_dir / "build_plan.sh").chmod(0o755)
     return Path(out_dir)
 

@@ -143,10 +143,11 @@ def test_trtexec_command_and_int8_refusal():
 
     prof = {"ncct": {"min": [1, 3, 8, 64, 64], "opt": [2, 3, 8, 256, 256],
                      "max": [2, 3, 8, 512, 512]}}
-    assert trtexec_command("model.onnx", "model.engine", prof, "fp16", 2) == [
+    # per TensorRT version: tests/test_gpu_versions.py
+    assert trtexec_command("model.onnx", "model.engine", prof, "fp16", 2, "10.3") == [
         "trtexec", "--onnx=model.onnx", "--saveEngine=model.engine",
         "--minShapes=ncct:1x3x8x64x64", "--optShapes=ncct:2x3x8x256x256",
-        "--maxShapes=ncct:2x3x8x512x512", "--memPoolSize=workspace:2048M", "--skipInference",
+        "--maxShapes=ncct:2x3x8x512x512", "--memPoolSize=workspace:2048", "--skipInference",
         "--fp16"]
     with pytest.raises(BundleError, match="int8 engines are calibrated where they are built"):
         trtexec_command("m.onnx", "m.engine", prof, "int8")
@@ -210,10 +211,10 @@ def test_jetson_target_writes_onnx_profiles_and_build_command(abdomen_path, abdo
     assert plan["target"] == "jetson" and plan["precision"] == "fp16"
     assert plan["profiles"] == engine_profiles(b)
     script = (out / "build_engine.sh").read_text()
-    assert ("trtexec --onnx=model.onnx --saveEngine=model.engine "
+    assert ('"$TRTEXEC" --onnx=model.onnx --saveEngine=model.engine '
             "--minShapes=ncct:1x3x8x64x64 --optShapes=ncct:2x3x8x256x256 "
-            "--maxShapes=ncct:2x3x8x512x512 --memPoolSize=workspace:4096M --skipInference "
-            "--fp16") in script
+            "--maxShapes=ncct:2x3x8x512x512 --memPoolSize=workspace:4096 --skipInference "
+            "--fp16") in script  # the 8.6-10.x branch; the script run: test_gpu_versions
     assert m["files"]["model.onnx"]["parity"]["max_abs_hu"] <= 0.5
     # the bundle still runs here on its ONNX file
     res = vcesdk.Synthesizer(out).synthesize(abdomen_volume)

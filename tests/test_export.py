@@ -79,9 +79,9 @@ def test_checkpoint_to_bundle_runs_in_the_runtime(tiny_checkpoint, abdomen_volum
 
 
 def test_failed_parity_writes_nothing(tiny_checkpoint, abdomen_volume, tmp_path, monkeypatch):
-    import vcesdk.export.bundle_writer as bw
+    import vcesdk.export.engine_build as eb  # the parity check the bundle writer runs
 
-    monkeypatch.setattr(bw, "measure_parity", lambda *a, **k: {
+    monkeypatch.setattr(eb, "measure_parity", lambda *a, **k: {
         "max_abs_hu": 3.0, "tolerance_hu": 0.5, "windows": 1, "passed": False,
         "provider": "CPUExecutionProvider"})
     with pytest.raises(BundleError, match=r"onnx parity failed: max \|onnx - eager\| = 3.000 HU"):
@@ -112,8 +112,8 @@ def test_format_table_refuses_unknown_formats_and_options(tiny_checkpoint, abdom
 
     assert [f.name for f in parse_formats("onnx, torchscript,onnx")] == ["onnx", "torchscript"]
     with pytest.raises(InputError, match=r"unknown export format 'tensorrtt'; valid: onnx, "
-                                         r"torchscript, tensorrt, torch_tensorrt; did you mean "
-                                         r"'tensorrt'\?"):
+                                         r"torchscript, aoti, aoti_cuda, tensorrt, "
+                                         r"torch_tensorrt; did you mean 'tensorrt'\?"):
         parse_formats("onnx,tensorrtt")
     with pytest.raises(InputError, match=r"takes no option 'opsett'.*did you mean 'opset'"):
         check_options(FORMATS["onnx"], {"opsett": 17})

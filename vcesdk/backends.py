@@ -7,10 +7,11 @@
 
 * :class:`~vcesdk.engines.TensorrtEngineBackend`: a bundle's TensorRT engine ("TensorRTEngine").
 * :class:`TorchTensorrtBackend`: a bundle's torch-tensorrt ExportedProgram ("TorchTensorRT").
+* :class:`AotiBackend`: a bundle's AOTInductor package ("AOTInductor", "AOTInductor:cuda").
 
 Provider names: every ONNX Runtime execution provider name, plus the names in
-:data:`BUNDLE_PROVIDERS` ("TorchScript", "TorchScript:cuda", "TensorRTEngine",
-"TorchTensorRT"), each of which runs one model file of the bundle.
+:data:`BUNDLE_PROVIDERS` ("TorchScript", "TorchScript:cuda", "AOTInductor",
+"AOTInductor:cuda", "TensorRTEngine", "TorchTensorRT"), each of which runs one model file of the bundle.
 
 Thread safety: ONNX Runtime sessions and TorchScript modules may be run from several threads;
 the TensorRT backends serialise calls on their one execution context.
@@ -18,6 +19,7 @@ the TensorRT backends serialise calls on their one execution context.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -27,6 +29,24 @@ from .engines import TensorrtEngineBackend, checked_sidecar, tensorrt_engine_ava
 from .errors import MissingDependencyError, ProviderError
 
 _logger = logging.getLogger(__name__)
+
+
+INSTALL_ONNXRUNTIME = ("pip install 'vcesdk[cpu]' (CPU) or 'vcesdk[gpu]' (NVIDIA GPU: "
+                      "onnxruntime-gpu; never both)")
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module (from onnxruntime or onnxruntime-gpu).
+
+    Raises:
+        MissingDependencyError: neither is installed (the message names the extras).
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(f"ONNX Runtime is not installed: {INSTALL_ONNXRUNTIME}"
+                                     ) from None
+    return onnxruntime
 
 
 class Backend(Protocol):
@@ -51,7 +71,7 @@ class OrtBackend:
 
     def __init__(self, model: Path, providers: Sequence[str], intra_op_threads: int = 0,
                  provider_options: Sequence[dict] | None = None) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         opts = ort.SessionOptions()
         if intra_op_threads:
@@ -131,6 +151,45 @@ class TorchTensorrtBackend:
             return self._module(x).float().cpu().numpy()
 
 
+class AotiBackend:
+    """An AOTInductor package (``.pt2``) from a verified bundle, loaded with
+    ``torch._inductor.aoti_load_package``; compiled code, so only ever loaded from a bundle
+    whose checksums were verified.
+
+    Args:
+        model: the .pt2 file.
+        device: "cpu" (format ``aoti``) or "cuda" (format ``aoti_cuda``).
+
+    Raises:
+        ProviderError: torch is not installed, or CUDA asked for and not available.
+    """
+
+    def __init__(self, model: Path, device: str = "cpu") -> None:
+        try:
+            import torch
+            import torch._inductor
+        except ImportError:
+            raise ProviderError("the AOTInductor backend needs PyTorch: pip install "
+                                "'vcesdk[export]' (or torch)") from None
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ProviderError("AOTInductor:cuda asked for but torch sees no CUDA device")
+        self._torch = torch
+        self._device = torch.device(device)
+        self._runner = torch._inductor.aoti_load_package(str(model))
+        self._lock = threading.Lock()  # one model container runner per package
+        self.name = "AOTInductor" + (":cuda" if device == "cuda" else "")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (B, C, d, h, w) -> float32 (B, C', d, h, w)."""
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(np.array(batch, dtype=np.float32)).to(self._device)
+            y = self._runner(x)
+            if isinstance(y, (list, tuple)):
+                y = y[0]
+            return y.float().cpu().numpy()
+
+
 def torchscript_available(device: str) -> bool:
     """Whether the TorchScript backend can run here on `device`."""
     try:
@@ -153,6 +212,8 @@ def torch_tensorrt_available() -> bool:
 BUNDLE_PROVIDERS: dict[str, tuple[str, Callable[[], bool]]] = {
     "TorchScript": ("torchscript", lambda: torchscript_available("cpu")),
     "TorchScript:cuda": ("torchscript", lambda: torchscript_available("cuda")),
+    "AOTInductor": ("aoti", lambda: torchscript_available("cpu")),
+    "AOTInductor:cuda": ("aoti_cuda", lambda: torchscript_available("cuda")),
     "TensorRTEngine": ("tensorrt", tensorrt_engine_available),
     "TorchTensorRT": ("torch_tensorrt", torch_tensorrt_available),
 }
@@ -162,6 +223,8 @@ def open_bundle_backend(name: str, model: Path, bundle_path: Path):
     """The backend for one of :data:`BUNDLE_PROVIDERS` on the bundle file `model`."""
     if name.startswith("TorchScript"):
         return TorchScriptBackend(model, "cuda" if name.endswith(":cuda") else "cpu")
+    if name.startswith("AOTInductor"):
+        return AotiBackend(model, "cuda" if name.endswith(":cuda") else "cpu")
     if name == "TensorRTEngine":
         return TensorrtEngineBackend(model, bundle_path)
     if name == "TorchTensorRT":

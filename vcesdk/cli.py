@@ -7,7 +7,7 @@
     vcesdk demo -o OUTPUT_DIR [options of synthesize]   (= synthesize --sample)
     vcesdk inspect INPUT [--series UID] [--tilt refuse|resample]
     vcesdk export CHECKPOINT_OR_BUNDLE -o BUNDLE --parity-input CT
-                  [--format onnx,torchscript,tensorrt] [--half | --int8 --calib DIR]
+                  [--format onnx,torchscript,aoti,tensorrt] [--half | --int8 --calib DIR]
                   [--target local|jetson]
     vcesdk build-engine BUNDLE --parity-input CT [--precision fp32|fp16|int8]
     vcesdk benchmark BUNDLE [--providers ...] [--input CT] [--slices N] --json FILE
@@ -267,12 +267,12 @@ def _print_files(path: Path, headline: str) -> None:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    bundle_writer, _ = _import_export()
+    from .export import engine_build  # TensorRT + ONNX Runtime; no PyTorch needed
     from .io import read_volume
 
     if args.precision == "int8" and not args.calib:
         raise InputError("int8 needs --calib DIR (real CT volumes for calibration)")
-    path = bundle_writer.build_bundle_engine(
+    path = engine_build.build_bundle_engine(
         args.bundle, read_volume(args.parity_input), precision=args.precision,
         workspace_gb=args.workspace_gb, max_batch=args.max_batch,
         calib_volumes=_read_ct_list(args.calib) if args.calib else ())
@@ -388,7 +388,7 @@ def _synthesize_options(s: argparse.ArgumentParser) -> None:
                    help="execution providers in order of preference: ONNX Runtime's "
                         "(TensorrtExecutionProvider, CUDAExecutionProvider, "
                         "CPUExecutionProvider) or TorchScript, TorchScript:cuda, "
-                        "TensorRTEngine, TorchTensorRT")
+                        "AOTInductor, AOTInductor:cuda, TensorRTEngine, TorchTensorRT")
     s.add_argument("--fp16", action="store_true",
                    help="TensorRT execution provider: allow fp16 kernels")
     s.add_argument("--engine-cache", metavar="DIR",
@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint.pt, a run folder holding one, or a bundle")
     e.add_argument("-o", "--output", required=True, help="bundle folder to create")
     e.add_argument("--format", default="onnx",
-                   help="comma-separated formats: onnx, torchscript, tensorrt (built from "
+                   help="comma-separated formats: onnx, torchscript, aoti (AOTInductor "
+                        "package, CPU), aoti_cuda (needs a CUDA GPU), tensorrt (built from "
                         "the ONNX file; needs TensorRT and a GPU unless --target jetson), "
                         "torch_tensorrt (needs torch-tensorrt and a GPU)")
     e.add_argument("--half", action="store_true", help="fp16 TensorRT engines")

@@ -14,6 +14,8 @@ Nothing here imports TensorRT, torch or CUDA at module import time.
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -54,24 +56,117 @@ def import_tensorrt():
     return tensorrt
 
 
-def local_gpu_environment(device: int = 0) -> dict[str, str]:
-    """GPU name, compute capability ("8.6"), TensorRT and CUDA versions of this machine.
+def tensorrt_version(trt: Any = None) -> tuple[int, int]:
+    """(major, minor) of a TensorRT module's ``__version__`` ("10.3.0.26" -> (10, 3)).
+
+    Args:
+        trt: the ``tensorrt`` module (default: imported with :func:`import_tensorrt`).
+    """
+    return parse_version(str((trt or import_tensorrt()).__version__))
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """(major, minor) of a dotted version string ("8.5.2.2" -> (8, 5)).
 
     Raises:
-        MissingDependencyError: TensorRT, torch or a CUDA GPU is missing.
+        BundleError: no leading number.
+    """
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?", str(text))
+    if not m:
+        raise BundleError(f"cannot read a version number from {text!r}")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+_CUDA_IN_DEB = re.compile(r"\+cuda(\d+(?:\.\d+)?)")
+_TRT_WHEEL = re.compile(r"^tensorrt[-_]cu(\d+)(?:[-_]|$)", re.IGNORECASE)
+
+
+def tensorrt_cuda_version(distributions: Sequence[str] | None = None,
+                          deb_versions: Sequence[str] | None = None,
+                          cuda_home: str | Path | None = None) -> tuple[str, str]:
+    """The CUDA version TensorRT was built for, and where that fact came from.
+
+    TensorRT's Python module does not report its CUDA version, so it is read from how
+    TensorRT was installed, first match wins:
+
+    1. pip: the wheel names carry the CUDA major (``tensorrt-cu12``, ``tensorrt_cu13_libs``;
+       NVIDIA/TensorRT ``python/packaging``: ``##CUDA_MAJOR##`` in the package name) -> "12".
+    2. Debian packages (JetPack, NVIDIA's apt repository): ``libnvinfer*`` versions end in
+       ``+cudaX.Y`` (e.g. ``8.5.2-1+cuda11.4``) -> "11.4".
+    3. the CUDA toolkit TensorRT runs on: ``$CUDA_HOME/version.json`` (``cuda.version``) or
+       ``version.txt`` ("CUDA Version 11.4.315") -> "11.4".
+
+    Args:
+        distributions: installed Python distribution names (default: importlib.metadata).
+        deb_versions: versions of installed ``libnvinfer*`` Debian packages (default:
+            ``dpkg-query``, where present).
+        cuda_home: CUDA toolkit folder (default ``$CUDA_HOME`` or ``/usr/local/cuda``).
+
+    Returns:
+        (version, source): e.g. ("12", "pip tensorrt-cu12"), or ("unknown", "not found").
+    """
+    if distributions is None:
+        from importlib import metadata
+
+        distributions = [d.metadata.get("Name", "") or "" for d in metadata.distributions()]
+    for name in sorted(distributions):
+        m = _TRT_WHEEL.match(name)
+        if m:
+            return m.group(1), f"pip {name}"
+    if deb_versions is None:
+        deb_versions = _dpkg_versions("libnvinfer*")
+    for v in deb_versions:
+        m = _CUDA_IN_DEB.search(v)
+        if m:
+            return m.group(1), f"dpkg libnvinfer {v}"
+    home = Path(cuda_home or os.environ.get("CUDA_HOME") or "/usr/local/cuda")
+    try:
+        info = json.loads((home / "version.json").read_text(encoding="utf-8"))
+        full = str(info["cuda"]["version"])
+        return ".".join(full.split(".")[:2]), f"{home / 'version.json'}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        m = re.search(r"CUDA Version (\d+\.\d+)", (home / "version.txt").read_text())
+        if m:
+            return m.group(1), f"{home / 'version.txt'}"
+    except OSError:
+        pass
+    return "unknown", "not found"
+
+
+def _dpkg_versions(pattern: str) -> list[str]:
+    """Versions of installed Debian packages matching `pattern` ([] without dpkg)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dpkg-query") is None:
+        return []
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}\\n", pattern],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def local_gpu_environment(device: int = 0) -> dict[str, str]:
+    """GPU name, compute capability ("8.6"), TensorRT version and the CUDA version TensorRT
+    was built for, of this machine; no PyTorch needed.
+
+    The GPU is queried through the CUDA driver (:mod:`vcesdk.cuda_driver`), the CUDA version
+    with :func:`tensorrt_cuda_version` (``cuda_source`` says where it was read).
+
+    Raises:
+        MissingDependencyError: TensorRT, the NVIDIA driver or a CUDA GPU is missing.
     """
     trt = import_tensorrt()
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("TensorRT engines are driven through PyTorch's CUDA "
-                                     "memory here: pip install torch (a CUDA build)") from None
-    if not torch.cuda.is_available():
-        raise MissingDependencyError("no CUDA GPU is visible to PyTorch; TensorRT engines need "
-                                     "an NVIDIA GPU and a CUDA build of torch")
-    props = torch.cuda.get_device_properties(device)
-    return {"gpu_name": str(props.name), "compute_capability": f"{props.major}.{props.minor}",
-            "tensorrt": str(trt.__version__), "cuda": str(torch.version.cuda)}
+    from .cuda_driver import device_properties
+
+    name, cc = device_properties(device)
+    cuda, source = tensorrt_cuda_version()
+    return {"gpu_name": name, "compute_capability": cc, "tensorrt": str(trt.__version__),
+            "cuda": cuda, "cuda_source": source}
 
 
 def engine_profiles(bundle: Bundle, max_batch: int | None = None,
@@ -126,16 +221,51 @@ def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(v)) for v in shape)
 
 
+ENGINE_CACHE_ENV = "VCESDK_ENGINE_CACHE"
+"""Environment variable naming the folder under which ONNX Runtime's TensorRT EP caches
+engines (default ``$XDG_CACHE_HOME/vcesdk/ort-tensorrt`` or ``~/.cache/vcesdk/ort-tensorrt``)."""
+
+
+def default_engine_cache(bundle: Bundle) -> Path:
+    """Where ONNX Runtime's TensorRT execution provider caches the engines it builds for
+    `bundle` by default: ``<root>/<bundle name>-<first 12 hex of the ONNX file's SHA-256>``,
+    root ``$VCESDK_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/vcesdk/ort-tensorrt``, else
+    ``~/.cache/vcesdk/ort-tensorrt``. One folder per ONNX file, so a changed model never
+    reuses a stale engine; ONNX Runtime itself keys cached engines by GPU and TensorRT version.
+    The folder is created by ONNX Runtime on first use.
+    """
+    root = os.environ.get(ENGINE_CACHE_ENV)
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(base) / "vcesdk" / "ort-tensorrt")
+    onnx_meta = next((m for m in bundle.manifest.get("files", {}).values()
+                      if m.get("role") == "model" and m.get("format") == "onnx"), {})
+    digest = str(onnx_meta.get("sha256", "nosha"))[:12]
+    return Path(root) / f"{bundle.name}-{digest}"
+
+
 def ort_provider_options(bundle: Bundle, providers: Sequence[str], fp16: bool = False,
-                         engine_cache: str | None = None, workspace_gb: float | None = None,
-                         device_id: int = 0) -> list[dict[str, str]]:
+                         engine_cache: str | os.PathLike | None = None,
+                         workspace_gb: float | None = None, device_id: int = 0
+                         ) -> list[dict[str, str]]:
     """ONNX Runtime provider options, one dict per provider in `providers`.
 
-    TensorRT EP: profile shapes from :func:`engine_profiles` (``trt_profile_min_shapes`` etc.,
-    so one engine serves every window of the bundle), ``trt_fp16_enable``,
-    ``trt_engine_cache_enable``/``trt_engine_cache_path`` (engines are built on first use and
-    cached; ONNX Runtime names cached engines by GPU and TensorRT version itself),
-    ``trt_max_workspace_size`` in bytes. CUDA EP: ``device_id``. Others: no options.
+    TensorRT EP (``TensorrtExecutionProvider``; option names from ONNX Runtime's TensorRT EP
+    documentation): profile shapes from :func:`engine_profiles` (``trt_profile_min_shapes``
+    etc., so one engine serves every window of the bundle instead of one rebuild per plane
+    size), ``trt_fp16_enable``, ``trt_engine_cache_enable``/``trt_engine_cache_path`` (always
+    on: engines are built once and reused across processes; default folder
+    :func:`default_engine_cache`), ``trt_max_workspace_size`` in bytes. CUDA EP:
+    ``device_id``. Others: no options. :class:`vcesdk.Synthesizer` applies these TensorRT EP
+    options by default; a user's ``provider_options`` entries override them key by key.
+
+    Args:
+        bundle: the bundle (profiles and the default cache folder come from it).
+        providers: ONNX Runtime provider names.
+        fp16: allow fp16 kernels in the TensorRT EP.
+        engine_cache: engine cache folder (default :func:`default_engine_cache`).
+        workspace_gb: TensorRT builder workspace, GiB (default: ONNX Runtime's).
+        device_id: CUDA device ordinal.
 
     Raises:
         ProviderError: fp16, engine_cache or workspace_gb given but no TensorRT provider in
@@ -150,14 +280,14 @@ def ort_provider_options(bundle: Bundle, providers: Sequence[str], fp16: bool = 
         opts: dict[str, str] = {}
         if p == trt_name:
             prof = engine_profiles(bundle)[MODEL_INPUT]
+            cache = engine_cache or default_engine_cache(bundle)
             opts.update({"device_id": str(device_id),
                          "trt_profile_min_shapes": f"{MODEL_INPUT}:{shape_text(prof['min'])}",
                          "trt_profile_opt_shapes": f"{MODEL_INPUT}:{shape_text(prof['opt'])}",
                          "trt_profile_max_shapes": f"{MODEL_INPUT}:{shape_text(prof['max'])}",
-                         "trt_fp16_enable": "True" if fp16 else "False"})
-            if engine_cache:
-                opts.update({"trt_engine_cache_enable": "True",
-                             "trt_engine_cache_path": str(engine_cache)})
+                         "trt_fp16_enable": "True" if fp16 else "False",
+                         "trt_engine_cache_enable": "True",
+                         "trt_engine_cache_path": str(cache)})
             if workspace_gb:
                 opts["trt_max_workspace_size"] = str(int(float(workspace_gb) * (1 << 30)))
         elif p == "CUDAExecutionProvider":
@@ -174,11 +304,23 @@ def sidecar_path(engine: str | Path) -> Path:
 
 def make_sidecar(engine_name: str, env: Mapping[str, str], precision: str,
                  profiles: Mapping[str, Any], builder: str) -> dict[str, Any]:
-    """The sidecar record of a freshly built engine (see the module docstring)."""
-    return {"engine": engine_name, "gpu_name": env["gpu_name"],
+    """The sidecar record of a freshly built engine (see the module docstring).
+
+    Args:
+        engine_name: the engine file's name.
+        env: :func:`local_gpu_environment` of the building machine; ``cuda`` is the CUDA
+            version TensorRT was built for (not PyTorch's).
+        precision: "fp32", "fp16" or "int8".
+        profiles: {input: {"min", "opt", "max"}} shapes the engine accepts.
+        builder: "tensorrt-python", "torch-tensorrt" or "trtexec".
+    """
+    side = {"engine": engine_name, "gpu_name": env["gpu_name"],
             "compute_capability": env["compute_capability"], "tensorrt": env["tensorrt"],
             "cuda": env["cuda"], "precision": precision, "profiles": dict(profiles),
             "builder": builder, "input": MODEL_INPUT, "output": MODEL_OUTPUT}
+    if env.get("cuda_source"):
+        side["cuda_source"] = env["cuda_source"]  # where TensorRT's CUDA version was read
+    return side
 
 
 def check_engine_compatible(sidecar: Mapping[str, Any], local: Mapping[str, str],
@@ -193,10 +335,13 @@ def check_engine_compatible(sidecar: Mapping[str, Any], local: Mapping[str, str]
         BundleError: a mismatch; the message lists what differs and the rebuild command.
     """
     diffs = []
-    for key, label in (("compute_capability", "compute capability"),
-                       ("tensorrt", "TensorRT")):
-        if str(sidecar.get(key)) != str(local.get(key)):
-            diffs.append(f"{label} {sidecar.get(key)} (engine) vs {local.get(key)} (here)")
+    if str(sidecar.get("compute_capability")) != str(local.get("compute_capability")):
+        diffs.append(f"compute capability {sidecar.get('compute_capability')} (engine) vs "
+                     f"{local.get('compute_capability')} (here)")
+    # trtexec prints major.minor.patch, the Python module major.minor.patch.build
+    if _release(sidecar.get("tensorrt")) != _release(local.get("tensorrt")):
+        diffs.append(f"TensorRT {sidecar.get('tensorrt')} (engine) vs {local.get('tensorrt')} "
+                     f"(here)")
     built_cuda = str(sidecar.get("cuda", "")).split(".")[0]
     here_cuda = str(local.get("cuda", "")).split(".")[0]
     if built_cuda != here_cuda:
@@ -206,6 +351,11 @@ def check_engine_compatible(sidecar: Mapping[str, Any], local: Mapping[str, str]
             f"TensorRT engine {sidecar.get('engine', '?')} was built on {sidecar.get('gpu_name')}"
             f" and cannot run on this {local.get('gpu_name')}: {'; '.join(diffs)}. Rebuild it "
             f"on this machine: vcesdk build-engine {bundle_path}")
+
+
+def _release(version: Any) -> tuple[str, ...]:
+    """"10.3.0.26" -> ("10", "3", "0"): the part of a TensorRT version an engine is tied to."""
+    return tuple(str(version).split(".")[:3])
 
 
 def checked_sidecar(model: Path, bundle_path: str | Path, rebuild: str, device: int = 0
@@ -220,7 +370,7 @@ def checked_sidecar(model: Path, bundle_path: str | Path, rebuild: str, device: 
 
     Raises:
         BundleError: no sidecar, or an engine built for another GPU / TensorRT / CUDA.
-        MissingDependencyError: TensorRT, torch or a CUDA GPU is missing.
+        MissingDependencyError: TensorRT, the NVIDIA driver or a CUDA GPU is missing.
     """
     side = sidecar_path(model)
     if not side.is_file():
@@ -232,7 +382,8 @@ def checked_sidecar(model: Path, bundle_path: str | Path, rebuild: str, device: 
 
 class TensorrtEngineBackend:
     """A bundle's TensorRT engine, run with TensorRT's Python runtime (``execute_async_v3``)
-    on PyTorch CUDA buffers.
+    on device buffers from the CUDA driver (:class:`vcesdk.cuda_driver.DeviceContext`): no
+    PyTorch needed.
 
     Args:
         engine: the .engine file of a verified bundle; its sidecar must lie beside it.
@@ -240,7 +391,7 @@ class TensorrtEngineBackend:
         device: CUDA device index.
 
     Raises:
-        MissingDependencyError: TensorRT, torch or a CUDA GPU is missing.
+        MissingDependencyError: TensorRT, the NVIDIA driver or a CUDA GPU is missing.
         BundleError: no sidecar, an engine built for another GPU/TensorRT/CUDA, or an engine
             TensorRT cannot deserialize.
     """
@@ -252,10 +403,9 @@ class TensorrtEngineBackend:
         sidecar = checked_sidecar(engine, bundle_path, f"vcesdk build-engine {bundle_path}",
                                   device)
         trt = import_tensorrt()
-        import torch
+        from .cuda_driver import DeviceContext
 
-        self._torch = torch
-        self._device = torch.device("cuda", device)
+        self._cuda = DeviceContext(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(engine.read_bytes())
@@ -263,10 +413,20 @@ class TensorrtEngineBackend:
             raise BundleError(f"TensorRT could not deserialize {engine.name}; rebuild it: "
                               f"vcesdk build-engine {bundle_path}")
         self._context = self._engine.create_execution_context()
-        self._stream = torch.cuda.Stream(self._device)
         self._profile = sidecar["profiles"][MODEL_INPUT]
         self.precision = str(sidecar.get("precision", "fp32"))
+        self._buffers: dict[str, tuple[int, int]] = {}  # tensor -> (address, bytes)
         self._lock = threading.Lock()  # one execution context: one call at a time
+
+    def _buffer(self, tensor: str, nbytes: int) -> int:
+        """A device buffer of at least `nbytes` for `tensor`, grown when needed."""
+        ptr, size = self._buffers.get(tensor, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._cuda.free(ptr)
+            ptr = self._cuda.alloc(nbytes)
+            self._buffers[tensor] = (ptr, nbytes)
+        return ptr
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 (B, C, d, h, w) -> float32 (B, C', d, h, w).
@@ -275,30 +435,34 @@ class TensorrtEngineBackend:
             ProviderError: the batch shape lies outside the engine's optimisation profile, or
                 TensorRT reports a failed execution.
         """
-        torch = self._torch
         shape = tuple(int(v) for v in batch.shape)
         if not shape_in_profile(shape, self._profile):
             raise ProviderError(
                 f"window batch {shape_text(shape)} lies outside the engine's profile "
                 f"{shape_text(self._profile['min'])} .. {shape_text(self._profile['max'])}; "
                 f"rebuild the engine with a larger --plane or --max-batch")
-        with self._lock, torch.cuda.stream(self._stream):
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            self._cuda.make_current()
             self._context.set_input_shape(MODEL_INPUT, shape)
-            y = torch.empty(tuple(self._context.get_tensor_shape(MODEL_OUTPUT)),
-                            dtype=torch.float32, device=self._device)
-            self._context.set_tensor_address(MODEL_INPUT, x.data_ptr())
-            self._context.set_tensor_address(MODEL_OUTPUT, y.data_ptr())
-            ok = self._context.execute_async_v3(self._stream.cuda_stream)
-            out = y.cpu()
-            self._stream.synchronize()
+            out = np.empty(tuple(int(v) for v in self._context.get_tensor_shape(MODEL_OUTPUT)),
+                           np.float32)
+            x_ptr = self._buffer(MODEL_INPUT, x.nbytes)
+            y_ptr = self._buffer(MODEL_OUTPUT, out.nbytes)
+            self._cuda.to_device(x_ptr, x)
+            self._context.set_tensor_address(MODEL_INPUT, x_ptr)
+            self._context.set_tensor_address(MODEL_OUTPUT, y_ptr)
+            ok = self._context.execute_async_v3(self._cuda.stream)
+            self._cuda.synchronize()
+            if ok:
+                self._cuda.to_host(y_ptr, out)
         if not ok:
             raise ProviderError("TensorRT execute_async_v3 reported a failure")
-        return out.numpy()
+        return out
 
 
 def tensorrt_engine_available() -> bool:
-    """Whether the TensorRT engine backend can run here (TensorRT, torch and a CUDA GPU)."""
+    """Whether the TensorRT engine backend can run here (TensorRT and a CUDA GPU)."""
     try:
         local_gpu_environment()
     except MissingDependencyError:

@@ -23,6 +23,7 @@ from .errors import (
     InputError,
     InvalidVoxelValuesError,
     MemoryBudgetError,
+    MissingDependencyError,
     ObliqueVolumeError,
     ProviderError,
 )
@@ -96,7 +97,7 @@ def resolve_providers(requested: Sequence[str] | None, bundle: Bundle | None = N
 
     Valid names are ONNX Runtime's execution providers plus the bundle-file backends of
     :data:`vcesdk.backends.BUNDLE_PROVIDERS` ("TorchScript", "TorchScript:cuda",
-    "TensorRTEngine", "TorchTensorRT").
+    "AOTInductor", "AOTInductor:cuda", "TensorRTEngine", "TorchTensorRT").
 
     Args:
         requested: provider names in order of preference; None for TensorRT, CUDA, CPU (ONNX
@@ -110,22 +111,32 @@ def resolve_providers(requested: Sequence[str] | None, bundle: Bundle | None = N
     Raises:
         ProviderError: a name that is not a provider (the message lists the valid ones), or
             none of the requested providers is available in this installation.
+        MissingDependencyError: an ONNX Runtime provider asked for (or the default order)
+            where ONNX Runtime is not installed (the message names the cpu/gpu extras).
     """
-    import onnxruntime as ort
+    from .backends import BUNDLE_PROVIDERS, INSTALL_ONNXRUNTIME
 
-    from .backends import BUNDLE_PROVIDERS
+    try:
+        import onnxruntime as ort
 
-    known = list(ort.get_all_providers()) + list(BUNDLE_PROVIDERS)
+        ort_all, ort_here = list(ort.get_all_providers()), list(ort.get_available_providers())
+    except ImportError:  # vcesdk installed without its cpu/gpu extra
+        ort_all = ort_here = []
+    known = ort_all + list(BUNDLE_PROVIDERS)
     names = list(DEFAULT_PROVIDER_ORDER if requested is None else requested)
     if not names:
         raise ProviderError("providers is empty; valid: " + ", ".join(known))
     for name in names:
         if name not in known:
+            if not ort_all and name.endswith("ExecutionProvider"):
+                raise MissingDependencyError(f"{name} is an ONNX Runtime provider and ONNX "
+                                             f"Runtime is not installed: "
+                                             f"{INSTALL_ONNXRUNTIME}")
             raise ProviderError(f"unknown execution provider {name!r}; valid: "
                                 f"{', '.join(known)}")
     formats = None if bundle is None else bundle.model_formats
     ort_ok = formats is None or "onnx" in formats
-    available = list(ort.get_available_providers()) if ort_ok else []
+    available = ort_here if ort_ok else []
     available += [p for p, (fmt, ok) in BUNDLE_PROVIDERS.items()
                   if p in names and (formats is None or fmt in formats) and ok()]
     chosen = [n for n in names if n in available]
@@ -157,6 +168,27 @@ def open_backend(bundle: Bundle, providers: Sequence[str], intra_op_threads: int
     opts = [provider_options[i] for i in keep] if provider_options else None
     return OrtBackend(bundle.file("model", "onnx"), [providers[i] for i in keep],
                       intra_op_threads, opts)
+
+
+def default_provider_options(bundle: Bundle, providers: Sequence[str],
+                             provider_options: dict[str, dict] | None = None) -> list[dict]:
+    """One ONNX Runtime options dict per provider: the user's, on top of vcesdk's defaults.
+
+    The TensorRT execution provider gets the bundle's profile shapes and an engine cache
+    folder by default (:func:`vcesdk.engines.ort_provider_options`; cache folder
+    :func:`vcesdk.engines.default_engine_cache`, root ``$VCESDK_ENGINE_CACHE``), so ONNX
+    Runtime builds one engine for every window of the bundle once and reuses it in later
+    processes; any key the user gives for it wins. Other providers get only the user's.
+    """
+    from .engines import ort_provider_options
+
+    out = []
+    for p in providers:
+        user = dict((provider_options or {}).get(p, {}))
+        if p == "TensorrtExecutionProvider":
+            user = {**ort_provider_options(bundle, [p])[0], **user}
+        out.append(user)
+    return out
 
 
 def plan_windows(bundle: Bundle, shape: Sequence[int]
@@ -286,13 +318,15 @@ class Synthesizer:
             :class:`~vcesdk.bundle.Bundle`.
         providers: providers in order of preference: ONNX Runtime execution providers (e.g.
             ["CUDAExecutionProvider", "CPUExecutionProvider"]) or a bundle-file backend
-            ("TorchScript", "TorchScript:cuda", "TensorRTEngine", "TorchTensorRT"); a provider
+            ("TorchScript", "TorchScript:cuda", "AOTInductor", "AOTInductor:cuda",
+            "TensorRTEngine", "TorchTensorRT"); a provider
             whose model file the bundle lacks counts as unavailable. None tries TensorRT, CUDA,
             CPU through ONNX Runtime. The first available one is used (:attr:`provider`).
         intra_op_threads: ONNX Runtime intra-op threads (0 = its default).
         provider_options: ONNX Runtime options per provider name, e.g.
-            {"TensorrtExecutionProvider": {"trt_fp16_enable": "True"}}; see
-            :func:`vcesdk.engines.ort_provider_options`.
+            {"TensorrtExecutionProvider": {"trt_fp16_enable": "True"}}; the TensorRT EP's
+            defaults (bundle profile shapes, engine cache folder) are
+            :func:`default_provider_options`, and these override them key by key.
         memory_budget_mb: refuse volumes whose :func:`estimate_memory_mb` exceeds this
             (default ``$VCESDK_MEMORY_BUDGET_MB`` or 16384).
         contrast_guard: what to do when the input already looks contrast-enhanced (see
@@ -369,7 +403,8 @@ class Synthesizer:
             raise ProviderError(f"provider_options for {', '.join(sorted(unknown))}, which is "
                                 f"not among the providers")
         self._backend = open_backend(self.bundle, chosen, intra_op_threads,
-                                     [dict((provider_options or {}).get(p, {})) for p in chosen])
+                                     default_provider_options(self.bundle, chosen,
+                                                              provider_options))
         self.provider = self._backend.name
         self.last_latency: LatencyReport | None = None
         _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name, self.bundle.phase,
