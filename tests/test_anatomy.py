@@ -303,3 +303,26 @@ def test_vcesdk_eval_with_data_and_real_anatomy(tmp_path, capsys):
     _assert_finite_for_every_group(data["models"]["vcesdk-demo-pvp"])
     printed = capsys.readouterr().out
     assert "| NCCT identity |" in printed and "mean |error|" in printed
+
+
+def test_hand_roi_check_on_a_known_case():
+    """Box + HU-range ROIs: a 'vessel' raised by 120 HU passes PVP (reference +120), fat
+    raised by 15 HU fails its 10 HU target, air unchanged passes."""
+    from vcesdk.training.anatomy import HandROI, hand_roi_check
+
+    ncct = np.full((4, 10, 10), -1000.0, np.float32)
+    ncct[:, 2:5, 2:5] = 40.0   # vessel
+    ncct[:, 6:9, 6:9] = -100.0  # fat
+    scect = ncct.copy()
+    scect[:, 2:5, 2:5] += 120.0
+    scect[:, 6:9, 6:9] += 15.0
+    rois = (HandROI("aorta", ((0, 4), (2, 5), (2, 5)), None, ("aorta",), 25.0),
+            HandROI("subcutaneous_fat", ((0, 4), (5, 10), (5, 10)), (-150, -50), None, 10.0),
+            HandROI("air", ((0, 4), (0, 2), (0, 10)), (-1100, -900), None, 5.0))
+    rows = {r["name"]: r for r in hand_roi_check(ncct, scect, rois, "pvp")}
+    assert rows["aorta"]["change_hu"] == 120.0 and rows["aorta"]["reference_hu"] == 120.0
+    assert rows["aorta"]["passed"] and rows["aorta"]["voxels"] == 36
+    assert rows["subcutaneous_fat"]["voxels"] == 36  # the HU range drops the air in the box
+    assert rows["subcutaneous_fat"]["error_hu"] == 15.0 and not rows["subcutaneous_fat"]["passed"]
+    assert rows["air"]["change_hu"] == 0.0 and rows["air"]["passed"]
+    assert hand_roi_check(ncct, scect, rois, "ap")[0]["reference_hu"] == 260.0

@@ -10,13 +10,15 @@ import pytest
 from PIL import Image
 
 import vcesdk
+from vcesdk.training.anatomy import REAL_CT_ROIS
 
 # Hand-placed ROIs inside the descending / abdominal aorta of the two real native scans
-# (NCCT median ~40 HU there; see ../shared/data/README.md): (slices, rows, columns).
+# (NCCT median ~40 HU there): (slices, rows, columns), from the one table of hand ROIs.
 AORTA_ROI = {
-    "lung1": (slice(4, 21), slice(405, 420), slice(310, 326)),
-    "abdomen": (slice(80, 96), slice(50, 53), slice(52, 55)),
-}
+    name: tuple(slice(*r) for r in next(roi.box for roi in REAL_CT_ROIS[rel]
+                                        if roi.name == "aorta"))
+    for name, rel in (("lung1", "pyradiomics_lung1/lung1_image.nrrd"),
+                      ("abdomen", "totalseg_abdomen_native/example_ct.nii.gz"))}
 AORTA_GAIN_HU = 40.0  # demo model: median sCECT - NCCT in the aorta must exceed this
 
 

@@ -600,3 +600,92 @@ def summary_lines(results: Sequence[dict]) -> list[str]:
             lines.append(f"{str(r['model'])[:21]:<22}{phase:<6}{'mean |error|':<22}{'':>7}"
                          f"{'':>9}{'':>8}{'':>8}{e['mean_abs_error_hu']:>8.1f}")
     return lines
+
+
+# --- hand-placed ROIs on the unlabelled real native CT ---------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class HandROI:
+    """A hand-placed box on a real native CT, with an HU range that keeps one tissue in it.
+
+    Attributes:
+        name: "aorta", "subcutaneous_fat", "bone" or "air".
+        box: ((z0, z1), (y0, y1), (x0, x1)) voxel index ranges in the file's (D, H, W) order,
+            end exclusive.
+        native_hu: keep the box voxels whose NCCT lies in [lo, hi] HU (fat: -150..-50, bone:
+            150..2000, air: -1100..-900), None = the whole box.
+        reference_rows: TISSUE_HU rows for the reference change (None = no change expected).
+        tolerance_hu: the largest |change - reference| that passes ([demo] targets: aorta 25,
+            fat 10, air 5, bone 20 HU).
+    """
+
+    name: str
+    box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    native_hu: tuple[float, float] | None
+    reference_rows: tuple[str, ...] | None
+    tolerance_hu: float
+
+    def mask(self, ncct: np.ndarray) -> np.ndarray:
+        """Boolean (D, H, W) mask of this ROI on `ncct` (float32 HU)."""
+        (z0, z1), (y0, y1), (x0, x1) = self.box
+        m = np.zeros(ncct.shape, bool)
+        m[z0:z1, y0:y1, x0:x1] = True
+        if self.native_hu is not None:
+            m &= (ncct >= self.native_hu[0]) & (ncct <= self.native_hu[1])
+        return m
+
+
+_FAT, _BONE, _AIR = (-150.0, -50.0), (150.0, 2000.0), (-1100.0, -900.0)
+#: Hand-placed ROIs on the two real native scans in ``../shared/data/ct`` (placed on a window
+#: L 40 / W 400 view of the middle slice of each box; NCCT medians: lung1 aorta 42, fat -112 /
+#: -114, vertebral body 262, air -998 HU; abdomen aorta 42, fat -104 / -106, vertebral body
+#: 213, air -1000 HU). The abdomen file is RAS (rows run posterior -> anterior).
+REAL_CT_ROIS: dict[str, tuple[HandROI, ...]] = {
+    "pyradiomics_lung1/lung1_image.nrrd": (
+        HandROI("aorta", ((4, 21), (405, 420), (310, 326)), None, ("aorta",), 25.0),
+        HandROI("subcutaneous_fat", ((4, 21), (160, 200), (120, 200)), _FAT, None, 10.0),
+        HandROI("subcutaneous_fat", ((4, 21), (160, 200), (320, 400)), _FAT, None, 10.0),
+        HandROI("bone", ((4, 21), (400, 430), (240, 275)), _BONE, None, 20.0),
+        HandROI("air", ((4, 21), (0, 60), (0, 80)), _AIR, None, 5.0),
+    ),
+    "totalseg_abdomen_native/example_ct.nii.gz": (
+        HandROI("aorta", ((80, 96), (50, 53), (52, 55)), None, ("aorta",), 25.0),
+        HandROI("subcutaneous_fat", ((80, 96), (8, 18), (15, 35)), _FAT, None, 10.0),
+        HandROI("subcutaneous_fat", ((80, 96), (8, 18), (85, 105)), _FAT, None, 10.0),
+        HandROI("bone", ((80, 96), (32, 42), (50, 60)), _BONE, None, 20.0),
+        HandROI("air", ((80, 96), (90, 101), (0, 12)), _AIR, None, 5.0),
+    ),
+}
+
+
+def hand_roi_check(ncct: np.ndarray, scect: np.ndarray, rois: Sequence[HandROI],
+                   phase: str) -> list[dict]:
+    """Median change sCECT - NCCT in each hand-placed ROI against its reference.
+
+    Args:
+        ncct, scect: float32 (D, H, W) HU on one grid.
+        rois: the case's ROIs (e.g. ``REAL_CT_ROIS["pyradiomics_lung1/lung1_image.nrrd"]``).
+        phase: "ap", "pvp" or "dp" (the reference column of TISSUE_HU).
+
+    Returns:
+        One dict per ROI: name, voxels, native_hu (median), change_hu (median),
+        reference_hu, error_hu, tolerance_hu, passed.
+
+    Raises:
+        InputError: shapes differ, an unknown phase, or an ROI with no voxels.
+    """
+    if np.shape(ncct) != np.shape(scect):
+        raise InputError(f"NCCT {np.shape(ncct)} and sCECT {np.shape(scect)} differ in shape")
+    rows = []
+    for roi in rois:
+        m = roi.mask(ncct)
+        if not m.any():
+            raise InputError(f"ROI {roi.name} {roi.box} holds no voxel in {roi.native_hu} HU")
+        change = float(np.median(scect[m] - ncct[m]))
+        ref = reference_change(roi.reference_rows, phase) if roi.reference_rows else 0.0
+        rows.append({"name": roi.name, "voxels": int(m.sum()),
+                     "native_hu": float(np.median(ncct[m])), "change_hu": change,
+                     "reference_hu": ref, "error_hu": change - ref,
+                     "tolerance_hu": roi.tolerance_hu,
+                     "passed": abs(change - ref) <= roi.tolerance_hu})
+    return rows
