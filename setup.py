@@ -35,6 +35,7 @@ setup(
     cmdclass={"build_ext": build_ext},
     packages=[
         "vcesdk",
+        "vcesdk.backends",
         "vcesdk.io",
         "vcesdk.models",
         "vcesdk.models.demo_pvp",

@@ -2,7 +2,7 @@
 AOTInductor, TensorRT, torch-tensorrt), each export checked numerically against eager PyTorch.
 
 Names are imported on first use (PEP 562), so ``vcesdk.export.engine_build`` (``vcesdk
-build-engine``) and the format table load without PyTorch.
+build-engine``) loads without PyTorch. The format table is :mod:`vcesdk.formats`.
 """
 from __future__ import annotations
 

@@ -14,12 +14,12 @@ import vcesdk
 from vcesdk.bundle import SCHEMA_VERSION, bundle_from_manifest, load_bundle
 from vcesdk.engines import MODEL_INPUT, engine_profiles, local_gpu_environment
 from vcesdk.errors import InputError, MissingDependencyError
+from vcesdk.formats import FORMATS, ONNX, TOLERANCE_HU, check_options, parse_formats
 from vcesdk.io.atomic import atomic_output
-from vcesdk.runtime import prepare_model_input
+from vcesdk.planning import prepare_model_input
 from vcesdk.volume import CTVolume
 
 from .engine_build import (  # noqa: F401  (build_bundle_engine, _write_manifest: API)
-    _PROVIDER,
     BUILD_SCRIPT,
     ENGINE_FILE,
     _add_engine,
@@ -29,25 +29,32 @@ from .engine_build import (  # noqa: F401  (build_bundle_engine, _write_manifest
     build_bundle_engine,
     calibration_windows,
 )
-from .formats import TOLERANCE_HU, check_options, parse_formats
 from .onnx_export import export_onnx
 from .parity import eager_runner
 from .torchscript_export import export_torchscript
 
 _logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = FORMATS[ONNX].file_name
 WEIGHTS_FILE = "generator.pt"
 DEMO_NOTICE = ("DEMONSTRATION MODEL trained only on digital phantoms; not a medical device, "
                "not for clinical use or diagnosis.")
+
+
+def _version_of(module: str) -> str | None:
+    """``module.__version__``, or None where the module is not installed."""
+    import importlib
+
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return None
 
 
 def _manifest(recipe: dict, network: dict, multiple_of: tuple[int, int, int], demo: bool,
               step: int) -> dict[str, Any]:
     inf = recipe["inference"]
     res = inf.get("resample_mm")
-    import onnx
-    import onnxruntime
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -79,7 +86,8 @@ def _manifest(recipe: dict, network: dict, multiple_of: tuple[int, int, int], de
         "network": network,
         "training": {"recipe": recipe, "steps": step},
         "build": {"vcesdk": vcesdk.__version__, "torch": torch.__version__,
-                  "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                  # None where not installed (a GPU image that builds only torch formats)
+                  "onnx": _version_of("onnx"), "onnxruntime": _version_of("onnxruntime"),
                   "python": platform.python_version(),
                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
         "files": {},
@@ -90,24 +98,31 @@ TARGETS: tuple[str, ...] = ("local", "jetson")
 
 
 def _check_gpu_formats(names: Sequence[str], target: str) -> None:
-    """Fail before any work when a GPU format cannot be built here (clear install hint)."""
-    if "tensorrt" in names and "onnx" not in names:
-        raise InputError("TensorRT engines are built from the ONNX export: use --format "
-                         "onnx,tensorrt")
-    if "aoti_cuda" in names:
-        import torch
+    """Fail before any work when a format cannot be built here (clear install hint), from
+    the format table's facts: what each file is built from and whether it needs a GPU."""
+    fmts = [FORMATS[n] for n in names]
+    for f in fmts:
+        if f.source == ONNX and ONNX not in names:
+            raise InputError(f"{f.name} is built from the ONNX export: use --format "
+                             f"onnx,{f.name}")
+    for f in fmts:
+        if not f.needs_gpu or (f.engine and f.source == ONNX and target != "local"):
+            continue  # CPU formats; a TensorRT engine for another device is built there
+        if f.engine:
+            local_gpu_environment()  # TensorRT and an NVIDIA GPU, no torch needed
+        if f.source == "program" and not f.engine:
+            import torch
 
-        if not torch.cuda.is_available():
-            raise MissingDependencyError("aoti_cuda packages are compiled on a CUDA GPU: none "
-                                         "is visible to torch (install a CUDA build of torch)")
-    if "torch_tensorrt" in names or ("tensorrt" in names and target == "local"):
-        local_gpu_environment()
-    if "torch_tensorrt" in names:
-        import importlib.util
+            if not torch.cuda.is_available():
+                raise MissingDependencyError(f"{f.name} packages are compiled on a CUDA GPU: "
+                                             f"none is visible to torch (install a CUDA "
+                                             f"build of torch)")
+        if f.engine and f.source == "program":
+            import importlib.util
 
-        if importlib.util.find_spec("torch_tensorrt") is None:
-            raise MissingDependencyError("torch-tensorrt is not installed: pip install "
-                                         "'vcesdk[gpu]' on a machine with an NVIDIA GPU")
+            if importlib.util.find_spec("torch_tensorrt") is None:
+                raise MissingDependencyError("torch-tensorrt is not installed: pip install "
+                                             "'vcesdk[gpu]' on a machine with an NVIDIA GPU")
 
 
 def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
@@ -128,7 +143,7 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         demo: mark the bundle as a phantom-trained demonstration, not for clinical use.
         max_parity_windows: windows compared.
         overwrite: replace an existing bundle folder.
-        formats: export formats from :data:`vcesdk.export.formats.FORMATS` ("onnx",
+        formats: export formats from :data:`vcesdk.formats.FORMATS` ("onnx",
             "torchscript", "aoti", "aoti_cuda", "tensorrt", "torch_tensorrt"), in order;
             tensorrt needs onnx.
         options: per-format options, checked against the format table.
@@ -157,7 +172,7 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
     names = [f.name for f in fmts]
-    if target != "local" and "tensorrt" not in names:
+    if target != "local" and not any(f.engine and f.source == ONNX for f in fmts):
         raise InputError(f"--target {target} applies to TensorRT engines: add tensorrt to "
                          f"--format")
     if opts.get("tensorrt", {}).get("precision") == "int8" and target == "local" \
@@ -177,49 +192,47 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         files: dict[str, dict] = {}
         manifest["files"] = files
         for f in fmts:
-            if f.name in GRAPH_EXPORTERS:
-                name = f"model{f.suffix}"
+            if f.source == "network":
+                name = f.file_name
                 meta = GRAPH_EXPORTERS[f.name](gen, tmp / name, example, opts[f.name])
                 files[name] = {"role": "model", "format": f.name,
                                "precision": opts[f.name]["precision"], **meta}
         bundle = bundle_from_manifest(tmp, manifest)
         for f in fmts:
             o = opts[f.name]
-            if f.name in ("aoti", "aoti_cuda"):
+            if f.source == "program" and not f.engine:  # AOTInductor packages
                 from .aoti_export import AOTI_PLANE_MAX, export_aoti
 
-                name = f"model{f.suffix}"
                 prof = engine_profiles(bundle, o.get("max_batch"),
                                        plane=(multiple[1], 256, AOTI_PLANE_MAX))[MODEL_INPUT]
-                meta = export_aoti(gen, tmp / name, prof, multiple,
-                                   "cuda" if f.name == "aoti_cuda" else "cpu")
-                files[name] = {"role": "model", "format": f.name,
-                               "precision": o["precision"], **meta}
+                meta = export_aoti(gen, tmp / f.file_name, prof, multiple, f.providers[0][1])
+                files[f.file_name] = {"role": "model", "format": f.name,
+                                      "precision": o["precision"], **meta}
                 continue
-            if f.name not in ("tensorrt", "torch_tensorrt"):
+            if not f.engine:
                 continue
             profiles = engine_profiles(bundle, o.get("max_batch"))
-            if f.name == "torch_tensorrt":
-                side = export_torch_tensorrt(gen, tmp / "model.ep", profiles, o["precision"])
-                _add_engine(files, "model.ep", f.name, o["precision"], side)
+            if f.source == "program":  # torch-tensorrt, from the dynamic ExportedProgram
+                side = export_torch_tensorrt(gen, tmp / f.file_name, profiles, o["precision"])
+                _add_engine(files, f.file_name, f.name, o["precision"], side)
             elif target == "local":
                 calib = None
                 if o["precision"] == "int8":
                     calib = calibration_windows(bundle, calib_volumes,
                                                 profiles[MODEL_INPUT]["opt"])
-                side = build_engine(tmp / "model.onnx", tmp / ENGINE_FILE, profiles,
+                side = build_engine(tmp / MODEL_FILE, tmp / ENGINE_FILE, profiles,
                                     o["precision"], o.get("workspace_gb", 4), calib)
                 _add_engine(files, ENGINE_FILE, "tensorrt", o["precision"], side)
             else:
                 ws = o.get("workspace_gb", 4)
                 (tmp / BUILD_SCRIPT).write_text(
-                    build_script("model.onnx", ENGINE_FILE, profiles, o["precision"], ws),
+                    build_script(MODEL_FILE, ENGINE_FILE, profiles, o["precision"], ws),
                     encoding="utf-8")
                 (tmp / BUILD_SCRIPT).chmod(0o755)
                 files[BUILD_SCRIPT] = {"role": "build-script", "format": "sh"}
                 manifest["engine_build"] = {
                     "target": target, "precision": o["precision"], "workspace_gb": ws,
-                    "profiles": profiles, "onnx": "model.onnx", "engine": ENGINE_FILE,
+                    "profiles": profiles, "onnx": MODEL_FILE, "engine": ENGINE_FILE,
                     "command": f"vcesdk build-engine BUNDLE --precision {o['precision']} "
                                f"--parity-input CT"}
         torch.save({"generator": gen.state_dict(), "network": network, "recipe": recipe,
@@ -233,7 +246,7 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
                 continue
             meta["parity"] = _checked_parity(
                 reference, _runner(meta["format"], tmp / name, tmp), windows, bundle,
-                TOLERANCE_HU[meta["precision"]], _PROVIDER[meta["format"]],
+                TOLERANCE_HU[meta["precision"]], FORMATS[meta["format"]].check_provider,
                 what=meta["format"], versus=f"{meta['format']} - eager",
                 reference_name="eager PyTorch fp32 (CPU)")
         _write_manifest(tmp, manifest)

@@ -21,16 +21,16 @@ from vcesdk.bundle import MANIFEST, bundle_from_manifest, load_bundle, sha256_fi
     validate_manifest
 from vcesdk.engines import MODEL_INPUT, engine_profiles, local_gpu_environment, sidecar_path
 from vcesdk.errors import BundleError, InputError
+from vcesdk.formats import FORMATS, TOLERANCE_HU, check_options
 from vcesdk.io.atomic import atomic_output
-from vcesdk.runtime import prepare_model_input
+from vcesdk.planning import prepare_model_input
 from vcesdk.volume import CTVolume
 
-from .formats import TOLERANCE_HU, check_options, parse_formats
 from .parity import measure_parity
 
 _logger = logging.getLogger(__name__)
 
-ENGINE_FILE = "model.engine"
+ENGINE_FILE = FORMATS["tensorrt"].file_name
 BUILD_SCRIPT = "build_engine.sh"
 
 
@@ -96,21 +96,12 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     load_bundle(folder)
 
 
-_PROVIDER = {"onnx": "CPUExecutionProvider", "torchscript": "torchscript:cpu",
-             "aoti": "AOTInductor", "aoti_cuda": "AOTInductor:cuda",
-             "tensorrt": "TensorRTEngine", "torch_tensorrt": "TorchTensorRT"}
-
-
 def _runner(fmt: str, path: Path, bundle_dir: Path):
-    """batch -> output of one exported model file, run as the runtime runs it."""
-    if fmt == "onnx":
-        from vcesdk.backends import OrtBackend
+    """batch -> output of one exported model file, run as the runtime runs it, on the
+    format table's ``check_provider`` for `fmt` (ONNX: ONNX Runtime's CPU provider)."""
+    from vcesdk.backends import open_model_file
 
-        return OrtBackend(path, ["CPUExecutionProvider"]).run
-    from vcesdk.backends import BUNDLE_PROVIDERS, open_bundle_backend
-
-    name = next(p for p, (f, _) in BUNDLE_PROVIDERS.items() if f == fmt)
-    return open_bundle_backend(name, path, bundle_dir).run
+    return open_model_file(fmt, path, bundle_dir).run
 
 
 def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
@@ -152,7 +143,7 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
     plan = src.manifest.get("engine_build") or {}
     precision = precision or plan.get("precision", "fp32")
     workspace_gb = workspace_gb or plan.get("workspace_gb", 4)
-    check_options(parse_formats("tensorrt")[0], {"precision": precision})
+    check_options(FORMATS["tensorrt"], {"precision": precision})
     if precision == "int8" and not calib_volumes:
         raise InputError("int8 needs calibration CT volumes (--calib DIR)")
     onnx_file = src.file("model", "onnx")
@@ -177,7 +168,7 @@ def build_bundle_engine(bundle_path: str | os.PathLike, parity_volume: CTVolume,
         windows = prepare_model_input(bundle, parity_volume).windows(max_parity_windows)
         files[ENGINE_FILE]["parity"] = _checked_parity(
             _runner("onnx", tmp / onnx_file.name, tmp), _runner("tensorrt", tmp / ENGINE_FILE, tmp),
-            windows, bundle, TOLERANCE_HU[precision], "TensorRTEngine",
+            windows, bundle, TOLERANCE_HU[precision], FORMATS["tensorrt"].check_provider,
             what=f"TensorRT {precision} engine", versus="engine - ONNX",
             reference_name=f"{onnx_file.name} on ONNX Runtime CPU")
         _write_manifest(tmp, manifest)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from vcesdk.engines import MODEL_INPUT, MODEL_OUTPUT
+from vcesdk.formats import TOLERANCE_HU
 
-from .formats import TOLERANCE_HU
 from .parity import eager_runner, measure_parity
 
 _logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ def measure_parity(reference: Runner, candidate: Runner, windows: Sequence[np.nd
         hu_range: output HU range [lo, hi]; the model's [-1, 1] spans it, so one model unit
             is (hi - lo) / 2 HU.
         tolerance_hu: largest acceptable difference, HU (per precision, see
-            :data:`vcesdk.export.formats.TOLERANCE_HU`).
+            :data:`vcesdk.formats.TOLERANCE_HU`).
         provider: what ran the candidate, recorded with the result.
 
     Returns:

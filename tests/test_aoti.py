@@ -39,7 +39,7 @@ def aoti_bundle(tmp_path_factory, abdomen_path):
 @pytest.fixture(scope="module")
 def real_windows(aoti_bundle, abdomen_volume, lung1_path):
     """Model-input windows of two real CTs, each on its own model grid plane size."""
-    from vcesdk.runtime import prepare_model_input
+    from vcesdk.planning import prepare_model_input
 
     lung1 = vcesdk.read_volume(lung1_path)
     out = {}

@@ -18,10 +18,12 @@ def bundle_copy(tmp_path):
     return dst
 
 
-def test_default_bundle_is_a_verified_demo():
-    b = load_bundle(vcesdk.DEFAULT_BUNDLE)
+@pytest.mark.parametrize("index,phase", [(0, "ap"), (1, "pvp"), (2, "dp")])
+def test_default_bundles_are_verified_demos_of_their_phase(index, phase):
+    path = vcesdk.DEFAULT_BUNDLES[index]
+    b = load_bundle(path)
     m = b.manifest
-    assert b.phase == "pvp" and m["method"] == "pix2pix3d"
+    assert b.phase == phase and m["method"] == "pix2pix3d"
     assert m["demo"] is True and m["clinical_use"] is False
     assert "not for clinical use" in m["description"]
     assert [c["name"] for c in m["input"]["channels"]] == ["lung_bone", "vascular",
@@ -29,7 +31,8 @@ def test_default_bundle_is_a_verified_demo():
     parity = m["files"]["model.onnx"]["parity"]
     assert parity["max_abs_hu"] <= parity["tolerance_hu"] <= 0.5
     assert m["files"]["generator.pt"]["role"] == "weights"
-    assert (vcesdk.DEFAULT_BUNDLE / "model.onnx").stat().st_size < 8 * 2**20
+    assert sum(f.stat().st_size for f in path.iterdir()) < 8 * 2**20  # each bundle <= 8 MB
+    assert vcesdk.DEFAULT_BUNDLE == vcesdk.DEFAULT_BUNDLES[1]
 
 
 def test_changed_byte_is_refused(bundle_copy):

@@ -15,13 +15,9 @@ import pytest
 from PIL import Image
 
 import vcesdk
+from vcesdk.backends.tensorrt import tensorrt_engine_available
 from vcesdk.bundle import load_bundle
-from vcesdk.engines import (
-    check_engine_compatible,
-    engine_profiles,
-    ort_provider_options,
-    tensorrt_engine_available,
-)
+from vcesdk.engines import check_engine_compatible, engine_profiles, ort_provider_options
 from vcesdk.errors import BundleError, MissingDependencyError, ProviderError
 
 HAVE_TRT = tensorrt_engine_available()
@@ -74,7 +70,7 @@ def test_engine_profile_covers_the_runtime_windows(demo):
         engine_profiles(demo, plane=(256, 64, 512))
     # every window the runtime feeds for a real 512 x 512 CT lies inside the default profile
     from vcesdk.engines import shape_in_profile
-    from vcesdk.runtime import plan_windows
+    from vcesdk.planning import plan_windows
 
     padded, window, _ = plan_windows(demo, (60, 250, 250))
     assert shape_in_profile((2, 3, *window), prof) and window == (8, 256, 256)
@@ -130,7 +126,7 @@ def test_provider_choice_follows_the_bundle_files(demo, abdomen_volume):
 
 
 def test_engine_without_sidecar_is_refused(tmp_path):
-    from vcesdk.engines import TensorrtEngineBackend
+    from vcesdk.backends import TensorrtEngineBackend
 
     (tmp_path / "model.engine").write_bytes(b"\x00" * 64)
     with pytest.raises(BundleError, match="has no sidecar model.engine.json; rebuild it: "
@@ -227,7 +223,7 @@ def test_jetson_target_writes_onnx_profiles_and_build_command(abdomen_path, abdo
 def test_tensorrt_engine_build_parity_and_runtime(precision, abdomen_volume, tmp_path):
     from vcesdk.export import export_bundle
     from vcesdk.export.bundle_writer import checkpoint_from_bundle
-    from vcesdk.export.formats import TOLERANCE_HU
+    from vcesdk.formats import TOLERANCE_HU
 
     out = export_bundle(checkpoint_from_bundle(vcesdk.DEFAULT_BUNDLE), tmp_path / "b",
                         abdomen_volume, formats="onnx,tensorrt",
@@ -320,9 +316,61 @@ def test_benchmark_reports_onnx_and_torchscript(ts_bundle, lung1_path, tmp_path)
             1e3 / e["ms_per_slice_median"], rel=0.35)
         assert set(e["stages_ms_per_slice"]) == {"read", "prepare", "model", "stitch",
                                                  "compose", "write"}
+        # CPU backends: the GPU memory field is there and null, with the reason
+        assert "peak_gpu_mb" in e and e["peak_gpu_mb"] is None
+        assert e["gpu_memory"] == {"peak_mb": None, "method": None, "device": None,
+                                   "reason": f"{name} runs on the CPU"}
     assert report["backends"]["TorchScript"]["provider"] == "TorchScript:cpu"
+    assert "GPU MB" in proc.stdout
     assert "the bundle has no tensorrt file" in report["skipped"]["TensorRTEngine"]
     assert "CPUExecutionProvider" in proc.stdout and "TorchScript" in proc.stdout
+
+
+def test_gpu_memory_probe_reports_the_sampled_peak_above_the_baseline():
+    """Driver-level probe (ONNX Runtime's CUDA provider): a fake cuMemGetInfo that reads
+    1000 MB before the session, then 1100, 1600, 1250 MB: the peak is 600 MB above it."""
+    import threading
+
+    from vcesdk.benchmark import GpuMemoryProbe
+
+    levels = [1000.0, 1100.0, 1600.0, 1250.0]
+    drained = threading.Event()
+
+    def read() -> float:
+        if len(levels) > 1:
+            return levels.pop(0)
+        drained.set()
+        return levels[0]
+
+    probe = GpuMemoryProbe("CUDAExecutionProvider", read_used_mb=read, interval_s=0.001)
+    assert probe.on_gpu and probe.method.startswith("cuMemGetInfo sampled every 1 ms")
+    probe.start()
+    assert drained.wait(10)
+    out = probe.stop()
+    assert out == {"peak_mb": 600.0, "method": probe.method, "device": 0, "reason": None}
+    # TensorRT engines and torch-tensorrt are measured at the driver too; torch backends not
+    assert GpuMemoryProbe("TorchTensorRT").method.startswith("cuMemGetInfo")
+    assert GpuMemoryProbe("TensorRTEngine").method.startswith("cuMemGetInfo")
+    assert GpuMemoryProbe("AOTInductor:cuda").method == "torch.cuda.max_memory_allocated"
+    cpu = GpuMemoryProbe("AOTInductor")
+    cpu.start()
+    assert not cpu.on_gpu and cpu.stop()["reason"] == "AOTInductor runs on the CPU"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torch") is None,
+                    reason="needs torch")
+def test_gpu_memory_probe_without_a_gpu_reports_null_with_the_reason():
+    import torch
+
+    from vcesdk.benchmark import GpuMemoryProbe
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    probe = GpuMemoryProbe("TorchScript:cuda")
+    probe.start()
+    out = probe.stop()
+    assert out["peak_mb"] is None and out["method"] == "torch.cuda.max_memory_allocated"
+    assert out["reason"].startswith("GPU memory could not be read: ")
 
 
 # ---- Triton -------------------------------------------------------------------------------

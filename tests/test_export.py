@@ -106,9 +106,8 @@ def test_torchscript_export_parity_and_runtime_backend(tiny_checkpoint, abdomen_
 
 def test_format_table_refuses_unknown_formats_and_options(tiny_checkpoint, abdomen_volume,
                                                          tmp_path):
-    from vcesdk.export.formats import FORMATS, check_options, parse_formats
-
     from vcesdk.errors import InputError
+    from vcesdk.formats import FORMATS, check_options, parse_formats
 
     assert [f.name for f in parse_formats("onnx, torchscript,onnx")] == ["onnx", "torchscript"]
     with pytest.raises(InputError, match=r"unknown export format 'tensorrtt'; valid: onnx, "

@@ -385,7 +385,7 @@ def test_build_engine_command_imports_no_torch(tmp_path, abdomen_path):
 
 def test_tensorrt_ep_gets_profiles_and_an_engine_cache_by_default(demo, tmp_path, monkeypatch):
     from vcesdk.engines import default_engine_cache
-    from vcesdk.runtime import default_provider_options
+    from vcesdk.backends import default_provider_options
 
     monkeypatch.setenv("VCESDK_ENGINE_CACHE", str(tmp_path / "cache"))
     sha = demo.manifest["files"]["model.onnx"]["sha256"]

@@ -138,25 +138,31 @@ def synthesized(tmp_path_factory):
     return target, proc
 
 
-def test_synthesize_sample_writes_series_preview_report(synthesized, ct, labels):
+def test_synthesize_sample_writes_three_phases_preview_report(synthesized, ct, labels):
+    """README command 1: with no --model, the three demo bundles (AP, PVP, DP)."""
     target, proc = synthesized
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in target.iterdir()) == ["preview.png", "report.json",
-                                                         "scect_pvp.nii.gz"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "preview.png", "report.json", "scect_ap.nii.gz", "scect_dp.nii.gz", "scect_pvp.nii.gz"]
     assert f"input: {sample_ct()} 30 slices x 101 x 122" in proc.stdout
-    out = vcesdk.read_volume(target / "scect_pvp.nii.gz")
-    assert out.shape == SHAPE and out.spacing_zyx_mm == pytest.approx(ct.spacing_zyx_mm)
     report = json.loads((target / "report.json").read_text())
     assert report["input"] == str(sample_ct()) and report["shape"] == list(SHAPE)
-    assert report["phase"] == "pvp" and report["latency"]["slices"] == 30
+    assert [e["phase"] for e in report["phases"]] == ["ap", "pvp", "dp"]
+    assert all(e["demo"] and e["latency"]["slices"] == 30 for e in report["phases"])
     assert report["contrast_check"]["enhanced"] is False
+    assert report["hu_check"]["plausible"] is True and report["hu_check"]["mode"] == "refuse"
     png = Image.open(target / "preview.png")
-    assert png.format == "PNG" and png.height == 3 * 256 + 2 * 8  # three rows, 8 px gaps
-    # the demo model enhances the aorta and leaves air alone
-    aorta = labels == _ids()["aorta"]
-    assert float(np.median(out.hu[aorta] - ct.hu[aorta])) > 40.0
-    air = ct.hu < -950
-    assert abs(float(np.median(out.hu[air] - ct.hu[air]))) < 5.0
+    assert png.format == "PNG" and png.height == 3 * 256 + 2 * 8  # a row per phase, 8 px gaps
+    aorta, air = labels == _ids()["aorta"], ct.hu < -950
+    change = {}
+    for phase in ("ap", "pvp", "dp"):
+        out = vcesdk.read_volume(target / f"scect_{phase}.nii.gz")
+        assert out.shape == SHAPE and out.spacing_zyx_mm == pytest.approx(ct.spacing_zyx_mm)
+        change[phase] = float(np.median(out.hu[aorta] - ct.hu[aorta]))
+        assert abs(float(np.median(out.hu[air] - ct.hu[air]))) < 5.0  # air left alone
+    # each demo enhances the aorta; arterial most, as in the phantom's kinetics
+    assert min(change.values()) > 40.0, change
+    assert change["ap"] > change["pvp"] > change["dp"], change
 
 
 def test_demo_is_synthesize_sample(synthesized, tmp_path):

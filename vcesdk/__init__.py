@@ -12,9 +12,7 @@ Training lives in ``vcesdk.training`` and export in ``vcesdk.export``; neither i
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from .bundle import Bundle, load_bundle
+from .bundle import DEFAULT_BUNDLE, DEFAULT_BUNDLES, Bundle, load_bundle
 from .errors import VcesdkError
 from .runtime import LatencyReport, Synthesizer
 from .io import read_volume, write_volume
@@ -23,13 +21,6 @@ from .volume import CTVolume
 
 __version__ = "0.1.0"
 
-_MODELS = Path(__file__).resolve().parent / "models"
-#: The bundled demo models, one per contrast phase (arterial, portal venous, delayed):
-#: pix2pix3D trained on digital phantoms. Demonstrations, not for clinical use.
-#: ``vcesdk synthesize`` without ``--model`` runs all three.
-DEFAULT_BUNDLES: tuple[Path, ...] = tuple(_MODELS / f"demo_{p}" for p in ("ap", "pvp", "dp"))
-#: The portal-venous demo model (the one-phase default of :class:`Synthesizer`).
-DEFAULT_BUNDLE: Path = _MODELS / "demo_pvp"
 
 __all__ = [
     "Bundle", "CTVolume", "DEFAULT_BUNDLE", "DEFAULT_BUNDLES", "LatencyReport", "OverlapAverager", "Synthesizer",

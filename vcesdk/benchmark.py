@@ -11,6 +11,23 @@ throughput (slices per second at the median), peak RSS, and the time per slice o
 stage: read, prepare (reorient, resample, windowing), model, stitch (overlap averaging),
 compose (HU, composition, resample back), write. ``outside_model_fraction`` = 1 - model /
 end to end (median over passes).
+
+Peak GPU memory (``peak_gpu_mb``, MB = 10^6 bytes; details in ``gpu_memory``) for backends
+that run on a CUDA GPU (the device column of :data:`vcesdk.formats.FORMATS`), from the
+backend's opening through the last pass:
+
+* torch backends (TorchScript:cuda, AOTInductor:cuda): ``torch.cuda.max_memory_allocated``,
+  the exact peak of the tensors PyTorch's caching allocator handed out (weights,
+  activations, inputs and outputs); the allocator's cache and the CUDA context are not
+  counted.
+* ONNX Runtime's CUDA and TensorRT providers, TensorRT engines and torch-tensorrt (whose
+  TensorRT engine allocates outside PyTorch): device memory in use according to the CUDA
+  driver (``cuMemGetInfo``), sampled every 5 ms on a thread, minus the level just before the
+  backend opened. This counts everything allocated on the device meanwhile, including the
+  memory arenas ONNX Runtime and TensorRT keep, and other processes' allocations on a
+  shared GPU; a peak shorter than the sampling interval can be missed.
+
+On the CPU ``peak_gpu_mb`` is null and ``gpu_memory.reason`` says why.
 """
 from __future__ import annotations
 
@@ -21,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -91,6 +109,108 @@ def peak_rss_mb() -> float:
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
 
 
+GPU_SAMPLE_INTERVAL_S = 0.005
+"""How often the driver-level GPU memory probe samples ``cuMemGetInfo``, seconds."""
+
+
+class GpuMemoryProbe:
+    """Peak GPU memory of one backend in this process (see the module docstring).
+
+    Call :meth:`start` before the backend opens and :meth:`stop` after the last pass.
+
+    Args:
+        provider: the provider as requested (its device and runtime come from the format
+            table).
+        device: CUDA device ordinal.
+        read_used_mb: () -> device memory in use, MB; default the CUDA driver's
+            ``cuMemGetInfo`` (:meth:`vcesdk.cuda_driver.DeviceContext.memory_used_mb`).
+        interval_s: sampling interval of the driver-level probe, seconds.
+    """
+
+    def __init__(self, provider: str, device: int = 0,
+                 read_used_mb: Callable[[], float] | None = None,
+                 interval_s: float = GPU_SAMPLE_INTERVAL_S) -> None:
+        from .formats import provider_device, provider_format
+
+        self.provider = provider
+        self.device = int(device)
+        self.on_gpu = provider_device(provider) == "cuda"
+        fmt = provider_format(provider)
+        # torch's allocator sees all of the memory of the plain torch backends; torch-tensorrt's
+        # engine allocates through TensorRT, so it is measured at the driver like the others
+        self.method = ("torch.cuda.max_memory_allocated"
+                       if fmt.runtime == "torch" and not fmt.engine else
+                       "cuMemGetInfo sampled every {:g} ms minus the level before the backend "
+                       "opened".format(1e3 * interval_s))
+        self._read = read_used_mb
+        self._interval = float(interval_s)
+        self._baseline = 0.0
+        self._peak = 0.0
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._torch: Any = None
+        self._ctx: Any = None
+
+    def start(self) -> None:
+        """Record the level before the backend opens and start sampling (GPU providers)."""
+        if not self.on_gpu:
+            return
+        try:
+            if self.method.startswith("torch"):
+                import torch
+
+                self._torch = torch
+                torch.cuda.init()
+                torch.cuda.reset_peak_memory_stats(self.device)
+                return
+            if self._read is None:
+                from .cuda_driver import DeviceContext
+
+                ctx = self._ctx = DeviceContext(self.device)
+                self._read = ctx.memory_used_mb
+                self._make_current = ctx.make_current
+            self._baseline = self._peak = float(self._read())
+        except Exception as exc:  # no driver / no torch CUDA: report, don't fail the run
+            self._error = f"{type(exc).__name__}: {exc}"
+            return
+        self._thread = threading.Thread(target=self._sample, name="vcesdk-gpu-probe",
+                                        daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        make_current = getattr(self, "_make_current", None)
+        if make_current is not None:
+            make_current()  # the driver call needs the device's context on this thread
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, float(self._read()))  # type: ignore[misc]
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling; the result.
+
+        Returns:
+            {"peak_mb": float or None, "method": str or None, "reason": str or None,
+            "device": int}: ``peak_mb`` None with a ``reason`` on the CPU or when the GPU
+            could not be queried.
+        """
+        if not self.on_gpu:
+            return {"peak_mb": None, "method": None, "device": None,
+                    "reason": f"{self.provider} runs on the CPU"}
+        if self._error is not None:
+            return {"peak_mb": None, "method": self.method, "device": self.device,
+                    "reason": f"GPU memory could not be read: {self._error}"}
+        if self._torch is not None:
+            self._torch.cuda.synchronize(self.device)
+            peak = self._torch.cuda.max_memory_allocated(self.device) / 1e6
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self._peak = max(self._peak, float(self._read()))  # type: ignore[misc]
+            peak = max(0.0, self._peak - self._baseline)
+        return {"peak_mb": peak, "method": self.method, "device": self.device, "reason": None}
+
+
 def _pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, float), q))
 
@@ -102,11 +222,16 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
     Returns:
         One backend entry: ``backend``, ``provider``, ``ms_per_slice_median``,
         ``ms_per_slice_p90``, ``model_ms_per_slice_median``, ``throughput_slices_per_s``,
-        ``peak_rss_mb``, ``outside_model_fraction``, ``stages_ms_per_slice``, ``passes``.
+        ``peak_rss_mb``, ``peak_gpu_mb`` (None on the CPU), ``gpu_memory`` (see
+        :meth:`GpuMemoryProbe.stop`), ``outside_model_fraction``, ``stages_ms_per_slice``,
+        ``passes``.
     """
-    from .runtime import Synthesizer
+    from .formats import provider_device
     from .io import output_path, read_volume, write_volume
+    from .runtime import Synthesizer
 
+    probe = GpuMemoryProbe(provider)
+    probe.start()
     syn = Synthesizer(bundle, providers=[provider])
     passes: list[dict[str, float]] = []
     model_ms: list[float] = []
@@ -129,6 +254,10 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
                            "stitch": lat.stitch_s, "compose": lat.compose_s,
                            "write": t3 - t2, "total": t3 - t0})
             model_ms.append(lat.median_ms_per_slice)
+    gpu = probe.stop()
+    if gpu["peak_mb"] is not None and provider_device(syn.provider) != "cuda":
+        # e.g. ONNX Runtime fell back to its CPU provider
+        gpu = {**gpu, "peak_mb": None, "reason": f"{syn.provider} ran the model on the CPU"}
     per_slice = [1e3 * p["total"] / n_slices for p in passes]
     median_total = statistics.median(p["total"] for p in passes)
     return {
@@ -139,6 +268,8 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
         "model_ms_per_slice_median": statistics.median(model_ms),
         "throughput_slices_per_s": n_slices / median_total,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": gpu["peak_mb"],
+        "gpu_memory": gpu,
         "outside_model_fraction": statistics.median(1.0 - p["model"] / p["total"]
                                                     for p in passes),
         "stages_ms_per_slice": {s: 1e3 * statistics.median(p[s] for p in passes) / n_slices
@@ -148,33 +279,12 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
 
 
 def candidate_providers(bundle: str) -> tuple[list[str], dict[str, str]]:
-    """Every provider that can run `bundle` here, and why each other known one cannot."""
-    import onnxruntime as ort
-
-    from .backends import BUNDLE_PROVIDERS
+    """Every provider that can run `bundle` here, and why each other known one cannot
+    (:func:`vcesdk.backends.provider_availability`)."""
+    from .backends import provider_availability
     from .bundle import load_bundle
-    from .runtime import DEFAULT_PROVIDER_ORDER
 
-    b = load_bundle(bundle)
-    formats = b.model_formats
-    ok: list[str] = []
-    skipped: dict[str, str] = {}
-    ort_here = set(ort.get_available_providers())
-    for p in DEFAULT_PROVIDER_ORDER:
-        if "onnx" not in formats:
-            skipped[p] = "the bundle has no ONNX file"
-        elif p in ort_here:
-            ok.append(p)
-        else:
-            skipped[p] = f"not in this onnxruntime build (has {', '.join(sorted(ort_here))})"
-    for p, (fmt, available) in BUNDLE_PROVIDERS.items():
-        if fmt not in formats:
-            skipped[p] = f"the bundle has no {fmt} file"
-        elif not available():
-            skipped[p] = "its runtime (torch / CUDA / TensorRT) is not available here"
-        else:
-            ok.append(p)
-    return ok, skipped
+    return provider_availability(load_bundle(bundle))
 
 
 def benchmark(bundle: str, providers: Sequence[str] | None = None, ct: str | None = None,
@@ -201,7 +311,7 @@ def benchmark(bundle: str, providers: Sequence[str] | None = None, ct: str | Non
         ProviderError: a named provider is unknown.
         VcesdkError: a worker process failed (its last stderr line in the message).
     """
-    from .runtime import resolve_providers
+    from .backends import resolve_providers
 
     ct_path = str(ct or find_default_ct())
     found, skipped = candidate_providers(bundle)
@@ -234,11 +344,13 @@ def benchmark(bundle: str, providers: Sequence[str] | None = None, ct: str | Non
 def table(report: dict[str, Any]) -> str:
     """The report as a fixed-width text table."""
     rows = [f"{'backend':<26}{'ms/slice':>10}{'p90':>8}{'model':>8}{'slices/s':>10}"
-            f"{'peak MB':>9}{'outside':>9}"]
+            f"{'peak MB':>9}{'GPU MB':>8}{'outside':>9}"]
     for name, e in report["backends"].items():
+        gpu = e.get("peak_gpu_mb")
         rows.append(f"{name:<26}{e['ms_per_slice_median']:>10.1f}{e['ms_per_slice_p90']:>8.1f}"
                     f"{e['model_ms_per_slice_median']:>8.1f}"
                     f"{e['throughput_slices_per_s']:>10.1f}{e['peak_rss_mb']:>9.0f}"
+                    f"{'-' if gpu is None else format(gpu, '.0f'):>8}"
                     f"{100 * e['outside_model_fraction']:>8.0f}%")
     for name, why in report["skipped"].items():
         rows.append(f"{name:<26}skipped: {why}")

@@ -38,6 +38,16 @@ from .volume import is_orientation_code
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+
+_MODELS = Path(__file__).resolve().parent / "models"
+#: The bundled demo models, one per contrast phase (arterial, portal venous, delayed):
+#: pix2pix3D trained on digital phantoms. Demonstrations, not for clinical use.
+#: ``vcesdk synthesize`` without ``--model`` runs all three. Re-exported as
+#: ``vcesdk.DEFAULT_BUNDLES``.
+DEFAULT_BUNDLES: tuple[Path, ...] = tuple(_MODELS / f"demo_{p}" for p in ("ap", "pvp", "dp"))
+#: The portal-venous demo model (the one-phase default of :class:`vcesdk.Synthesizer`);
+#: re-exported as ``vcesdk.DEFAULT_BUNDLE``.
+DEFAULT_BUNDLE: Path = _MODELS / "demo_pvp"
 PHASES: tuple[str, ...] = ("ap", "pvp", "dp")
 COMPOSE_MODES: tuple[str, ...] = ("replace", "add_difference", "add_residual")
 BLENDS: tuple[str, ...] = ("mean", "gaussian")

@@ -11,7 +11,10 @@
                   [--target local|jetson]
     vcesdk build-engine BUNDLE --parity-input CT [--precision fp32|fp16|int8]
     vcesdk benchmark BUNDLE [--providers ...] [--input CT] [--slices N] --json FILE
-    vcesdk triton BUNDLE -o REPOSITORY [--platform onnxruntime_onnx,...]
+    vcesdk triton BUNDLE -o REPOSITORY [--platform onnxruntime_onnx,...,python]
+                  [--kind KIND_GPU|KIND_CPU] [--no-dynamic-batching]
+    vcesdk triton-server REPOSITORY [--grpc-port N] [--http-port N] [--host 127.0.0.1]
+                         [--model NAME ...]
     vcesdk info [BUNDLE]
 
 ``--sample`` (and ``demo``) reads the real CT shipped with the package
@@ -50,7 +53,7 @@ def _provider_options(args: argparse.Namespace, bundle) -> dict[str, dict] | Non
     if not (args.fp16 or args.engine_cache or args.workspace_gb):
         return None
     from .engines import ort_provider_options
-    from .runtime import DEFAULT_PROVIDER_ORDER
+    from .formats import DEFAULT_PROVIDER_ORDER
 
     names = list(args.providers or DEFAULT_PROVIDER_ORDER)
     return dict(zip(names, ort_provider_options(bundle, names, fp16=args.fp16,
@@ -104,6 +107,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         # one input, one contrast check: the first model's synthesis runs it for all phases
         syns.append(Synthesizer(bundle, providers=args.providers,
                                 provider_options=_provider_options(args, bundle),
+                                triton_url=args.triton_url, triton_model=args.triton_model,
+                                triton_timeout_s=args.triton_timeout,
                                 contrast_guard=args.contrast_guard if not syns else "off",
                                 hu_check=args.hu_check if not syns else "off",
                                 oblique=args.oblique))
@@ -215,28 +220,32 @@ def _import_export():
 
 def cmd_export(args: argparse.Namespace) -> int:
     bundle_writer, trainer = _import_export()
-    from .export.formats import parse_formats
+    from .formats import FORMATS, formats_with_precision, parse_formats
     from .io import read_volume
 
     formats = [f.name for f in parse_formats(args.format)]
-    gpu_formats = [f for f in formats if f in ("tensorrt", "torch_tensorrt")]
+    # the GPU engine formats (--half, --int8, --max-batch, --workspace-gb), from the table
+    gpu_formats = [f for f in formats if FORMATS[f].engine]
     options: dict[str, dict] = {f: {} for f in formats}
     if args.half and args.int8:
         raise InputError("choose one of --half and --int8")
-    if (args.half or args.int8) and not gpu_formats:
-        raise InputError(f"--{'half' if args.half else 'int8'} applies to tensorrt and "
-                         f"torch_tensorrt; onnx and torchscript export fp32")
+    precision = "fp16" if args.half else "int8" if args.int8 else None
+    if precision and not gpu_formats:
+        fp32_only = [f for f in formats if f not in formats_with_precision(precision)]
+        raise InputError(f"--{'half' if args.half else 'int8'} applies to "
+                         f"{' and '.join(formats_with_precision(precision))}; "
+                         f"{' and '.join(fp32_only)} export fp32")
     for f in gpu_formats:
-        if args.half:
-            options[f]["precision"] = "fp16"
-        if args.int8:
-            if f == "torch_tensorrt":
-                raise InputError("--int8 is offered for tensorrt only (entropy calibration)")
-            options[f]["precision"] = "int8"
+        if precision:
+            if f not in formats_with_precision(precision):
+                raise InputError(f"--{'half' if args.half else 'int8'} is offered for "
+                                 f"{', '.join(formats_with_precision(precision))} only"
+                                 + (" (entropy calibration)" if args.int8 else ""))
+            options[f]["precision"] = precision
         if args.max_batch:
             options[f]["max_batch"] = args.max_batch
-    if args.workspace_gb and "tensorrt" in formats:
-        options["tensorrt"]["workspace_gb"] = args.workspace_gb
+        if args.workspace_gb and "workspace_gb" in FORMATS[f].options:
+            options[f]["workspace_gb"] = args.workspace_gb
     if args.int8 and not args.calib and args.target == "local":
         raise InputError("--int8 needs --calib DIR (real CT volumes for calibration)")
     src = Path(args.checkpoint)
@@ -311,11 +320,45 @@ def cmd_triton(args: argparse.Namespace) -> int:
         if args.platform else servable_platforms(args.bundle)
     repo = write_triton_repository(args.bundle, args.output, platforms=platforms,
                                    max_batch_size=args.max_batch_size,
+                                   kind=args.kind, count=args.instances,
+                                   dynamic_batching=not args.no_dynamic_batching,
                                    overwrite=args.overwrite)
     for model in sorted(p.parent.name for p in repo.glob("*/config.pbtxt")):
         print(f"  {repo / model}/config.pbtxt")
     print(f"Triton model repository written: {repo}")
     return 0
+
+
+def cmd_triton_server(args: argparse.Namespace) -> int:
+    """Run the nvidia-pytriton tritonserver on a repository in the foreground until
+    interrupted (see :mod:`vcesdk.triton_server`)."""
+    import signal
+
+    from .triton_server import TritonServer
+
+    def _terminate(signum, frame):  # `kill` ends the server the same way as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+                          host=args.host, models=args.model)
+    server.start()
+    try:
+        server.wait_ready(args.ready_timeout)
+        print(f"Triton server ready: {server.grpc_url} (gRPC), {server.http_url} (HTTP); "
+              f"models: {', '.join(server.models)}", flush=True)
+        print(f"  vcesdk synthesize CT -o OUT --providers Triton --triton-url "
+              f"{server.grpc_url}", flush=True)
+        code = server.process.wait() if server.process is not None else 1
+    except KeyboardInterrupt:
+        print("stopping the Triton server", file=sys.stderr, flush=True)
+        server.stop()
+        return 0
+    finally:
+        server.stop()
+    from .triton_server import TritonServerError
+
+    raise TritonServerError(f"tritonserver exited with status {code}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -388,7 +431,17 @@ def _synthesize_options(s: argparse.ArgumentParser) -> None:
                    help="execution providers in order of preference: ONNX Runtime's "
                         "(TensorrtExecutionProvider, CUDAExecutionProvider, "
                         "CPUExecutionProvider) or TorchScript, TorchScript:cuda, "
-                        "AOTInductor, AOTInductor:cuda, TensorRTEngine, TorchTensorRT")
+                        "AOTInductor, AOTInductor:cuda, TensorRTEngine, TorchTensorRT, or "
+                        "Triton (alone, with --triton-url)")
+    s.add_argument("--triton-url", metavar="URL",
+                   help="with --providers Triton: the server, grpc://HOST:8001 or "
+                        "http://HOST:8000 (windows run there only, never locally)")
+    s.add_argument("--triton-model", metavar="NAME",
+                   help="with --providers Triton: the server's model (default: the bundle's "
+                        "name as vcesdk triton writes it, e.g. <bundle>_python)")
+    s.add_argument("--triton-timeout", type=float, default=None, metavar="S",
+                   help="with --providers Triton: seconds one window batch may retry an "
+                        "unreachable server before the run fails (30)")
     s.add_argument("--fp16", action="store_true",
                    help="TensorRT execution provider: allow fp16 kernels")
     s.add_argument("--engine-cache", metavar="DIR",
@@ -411,6 +464,8 @@ def _synthesize_options(s: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .formats import FORMATS  # the one format table (no torch)
+
     p = argparse.ArgumentParser(prog="vcesdk", description="Virtual contrast enhancement of CT.")
     p.add_argument("--version", action="version", version=f"vcesdk {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -463,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("bundle", help="bundle folder holding model.onnx")
     g.add_argument("--parity-input", required=True,
                    help="real CT whose windows check the engine against the ONNX model")
-    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+    g.add_argument("--precision", choices=FORMATS["tensorrt"].precisions, default=None,
                    help="default: the precision the bundle's engine_build names, else fp32")
     g.add_argument("--calib", metavar="DIR", help="real CT for int8 calibration")
     g.add_argument("--workspace-gb", type=int, metavar="GB", help="builder workspace (4)")
@@ -493,11 +548,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("bundle", nargs="?", default=str(DEFAULT_BUNDLE))
     t.add_argument("-o", "--output", required=True, help="repository folder to create")
     t.add_argument("--platform", help="comma-separated: onnxruntime_onnx, tensorrt_plan, "
-                                      "pytorch_libtorch (default: every one the bundle "
-                                      "has a model file for)")
+                                      "pytorch_libtorch, python (Triton's Python backend "
+                                      "running the ONNX file with ONNX Runtime; the one the "
+                                      "nvidia-pytriton server loads) (default: every one the "
+                                      "bundle has a model file for)")
     t.add_argument("--max-batch-size", type=int, default=4, help="Triton max_batch_size (4)")
+    t.add_argument("--kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU",
+                   help="model instances on the server's GPUs (default) or its CPU")
+    t.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="model instances per device (1)")
+    t.add_argument("--no-dynamic-batching", action="store_true",
+                   help="run every request alone (default: Triton merges requests into "
+                        "batches of up to --max-batch-size windows)")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_triton)
+
+    ts = sub.add_parser("triton-server",
+                        help="serve a Triton model repository with the tritonserver of the "
+                             "nvidia-pytriton wheel (serve extra), until interrupted")
+    ts.add_argument("repository", help="model repository (vcesdk triton --platform python)")
+    ts.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
+    ts.add_argument("--http-port", type=int, default=8000, help="HTTP port (8000)")
+    ts.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: all)")
+    ts.add_argument("--model", action="append", default=None, metavar="NAME",
+                    help="load only this model of the repository (repeatable; default all)")
+    ts.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
+                    help="seconds to wait for the models to load (300)")
+    ts.set_defaults(func=cmd_triton_server)
 
     n = sub.add_parser("inspect", help="list the series of a DICOM folder; geometry and "
                                        "contrast check of the input")

@@ -1,6 +1,6 @@
-"""TensorRT engines at run time: optimisation profiles, the sidecar that ties an engine to the
-GPU and TensorRT build that made it, the compatibility check, the engine backend and the
-ONNX Runtime GPU provider options.
+"""TensorRT engine facts: optimisation profiles, the sidecar that ties an engine to the GPU and
+TensorRT build that made it, the compatibility check and the ONNX Runtime GPU provider
+options. The backends that run engines are in :mod:`vcesdk.backends.tensorrt`.
 
 A TensorRT engine (``.engine``, the plan file trtexec and Triton read) only runs on the GPU
 architecture (compute capability) and TensorRT version that built it. vcesdk never writes
@@ -16,11 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
-import numpy as np
 
 from .bundle import Bundle, round_up
 from .errors import BundleError, MissingDependencyError, ProviderError
@@ -30,7 +27,6 @@ MODEL_INPUT = "ncct"
 MODEL_OUTPUT = "scect"
 """Name of the model output tensor in every exported graph (ONNX, TensorRT)."""
 SIDECAR_SUFFIX = ".json"
-ENGINE_PROVIDERS: tuple[str, ...] = ("TensorRTEngine",)
 
 # In-plane extent (model-grid pixels) an engine profile covers when the bundle's windows are
 # whole planes: optimised for 256 (a 512-pixel, ~0.7-1 mm slice resampled to 2 mm is 180-256)
@@ -378,93 +374,3 @@ def checked_sidecar(model: Path, bundle_path: str | Path, rebuild: str, device: 
     sidecar = json.loads(side.read_text(encoding="utf-8"))
     check_engine_compatible(sidecar, local_gpu_environment(device), bundle_path)
     return sidecar
-
-
-class TensorrtEngineBackend:
-    """A bundle's TensorRT engine, run with TensorRT's Python runtime (``execute_async_v3``)
-    on device buffers from the CUDA driver (:class:`vcesdk.cuda_driver.DeviceContext`): no
-    PyTorch needed.
-
-    Args:
-        engine: the .engine file of a verified bundle; its sidecar must lie beside it.
-        bundle_path: the bundle, named in the rebuild message.
-        device: CUDA device index.
-
-    Raises:
-        MissingDependencyError: TensorRT, the NVIDIA driver or a CUDA GPU is missing.
-        BundleError: no sidecar, an engine built for another GPU/TensorRT/CUDA, or an engine
-            TensorRT cannot deserialize.
-    """
-
-    name = "TensorRTEngine"
-
-    def __init__(self, engine: Path, bundle_path: str | Path = "BUNDLE", device: int = 0
-                 ) -> None:
-        sidecar = checked_sidecar(engine, bundle_path, f"vcesdk build-engine {bundle_path}",
-                                  device)
-        trt = import_tensorrt()
-        from .cuda_driver import DeviceContext
-
-        self._cuda = DeviceContext(device)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(engine.read_bytes())
-        if self._engine is None:
-            raise BundleError(f"TensorRT could not deserialize {engine.name}; rebuild it: "
-                              f"vcesdk build-engine {bundle_path}")
-        self._context = self._engine.create_execution_context()
-        self._profile = sidecar["profiles"][MODEL_INPUT]
-        self.precision = str(sidecar.get("precision", "fp32"))
-        self._buffers: dict[str, tuple[int, int]] = {}  # tensor -> (address, bytes)
-        self._lock = threading.Lock()  # one execution context: one call at a time
-
-    def _buffer(self, tensor: str, nbytes: int) -> int:
-        """A device buffer of at least `nbytes` for `tensor`, grown when needed."""
-        ptr, size = self._buffers.get(tensor, (0, 0))
-        if size < nbytes:
-            if ptr:
-                self._cuda.free(ptr)
-            ptr = self._cuda.alloc(nbytes)
-            self._buffers[tensor] = (ptr, nbytes)
-        return ptr
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (B, C, d, h, w) -> float32 (B, C', d, h, w).
-
-        Raises:
-            ProviderError: the batch shape lies outside the engine's optimisation profile, or
-                TensorRT reports a failed execution.
-        """
-        shape = tuple(int(v) for v in batch.shape)
-        if not shape_in_profile(shape, self._profile):
-            raise ProviderError(
-                f"window batch {shape_text(shape)} lies outside the engine's profile "
-                f"{shape_text(self._profile['min'])} .. {shape_text(self._profile['max'])}; "
-                f"rebuild the engine with a larger --plane or --max-batch")
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        with self._lock:
-            self._cuda.make_current()
-            self._context.set_input_shape(MODEL_INPUT, shape)
-            out = np.empty(tuple(int(v) for v in self._context.get_tensor_shape(MODEL_OUTPUT)),
-                           np.float32)
-            x_ptr = self._buffer(MODEL_INPUT, x.nbytes)
-            y_ptr = self._buffer(MODEL_OUTPUT, out.nbytes)
-            self._cuda.to_device(x_ptr, x)
-            self._context.set_tensor_address(MODEL_INPUT, x_ptr)
-            self._context.set_tensor_address(MODEL_OUTPUT, y_ptr)
-            ok = self._context.execute_async_v3(self._cuda.stream)
-            self._cuda.synchronize()
-            if ok:
-                self._cuda.to_host(y_ptr, out)
-        if not ok:
-            raise ProviderError("TensorRT execute_async_v3 reported a failure")
-        return out
-
-
-def tensorrt_engine_available() -> bool:
-    """Whether the TensorRT engine backend can run here (TensorRT and a CUDA GPU)."""
-    try:
-        local_gpu_environment()
-    except MissingDependencyError:
-        return False
-    return True

@@ -28,6 +28,11 @@ class ProviderError(VcesdkError, ValueError):
     """An unknown or unavailable inference provider was requested."""
 
 
+class TritonError(VcesdkError, RuntimeError):
+    """A Triton Inference Server could not be started or reached, did not answer within the
+    stated timeout, or failed a request (vcesdk never falls back to local execution)."""
+
+
 class RecipeError(VcesdkError, ValueError):
     """A training recipe (YAML file or --set override) is malformed: a missing or misspelt
     key, a value of the wrong type, an unknown method, network or phase; the message names

@@ -1,8 +1,10 @@
 """The runtime a vendor embeds: ``Synthesizer(bundle).synthesize(ctvolume) -> ctvolume``.
 
 Flow: HU volume -> (resample to the bundle's grid) -> windows to channels -> pad to the
-network's multiples -> sliding windows through ONNX Runtime -> overlap average (vcesdk._C)
--> output channel to HU -> (compose with the input, resample back) -> HU on the input's grid.
+network's multiples (:mod:`vcesdk.planning`) -> sliding windows through one backend
+(:mod:`vcesdk.backends`: ONNX Runtime, TorchScript, AOTInductor, TensorRT) -> overlap average
+(vcesdk._C) -> output channel to HU -> (compose with the input, resample back) -> HU on the
+input's grid.
 """
 from __future__ import annotations
 
@@ -16,42 +18,31 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle, round_up
-from .contrast import check_contrast
+from .backends import default_provider_options, open_backend, resolve_providers
+from .bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from .contrast import GUARD_MODES, check_contrast
+from .errors import InputError, MemoryBudgetError, ObliqueVolumeError, ProviderError
+from .formats import DEFAULT_PROVIDER_ORDER
 from .hu_check import HU_CHECK_MODES, HUStats, check_hu
-from .errors import (
-    InputError,
-    InvalidVoxelValuesError,
-    MemoryBudgetError,
-    MissingDependencyError,
-    ObliqueVolumeError,
-    ProviderError,
-)
-from .intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu, hu_to_channels
+from .intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu
+from .planning import AIR_HU, _prepare_finite, check_finite, estimate_memory_mb
 from .stitch import sliding_window, window_grid
 from .volume import (
     CTVolume,
     axis_aligned_grid,
     obliquity_deg,
-    orient_volume,
     orientation_code,
+    orient_volume,
     resample_volume,
 )
 
 _logger = logging.getLogger(__name__)
 
-AIR_HU = -1024.0
-"""Values below this (field-of-view padding such as -2048 or -3024) are air to the model."""
 DEFAULT_MEMORY_BUDGET_MB = 16384.0
 """Default limit on the estimated memory of one synthesis (``VCESDK_MEMORY_BUDGET_MB``)."""
 MAX_OBLIQUE_DEG = 3.0
 """Axes more than this many degrees from the patient axes make a volume oblique."""
 OBLIQUE_MODES = ("refuse", "resample")
-
-# Preference order when the caller names no providers.
-DEFAULT_PROVIDER_ORDER: tuple[str, ...] = (
-    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
 
 @dataclasses.dataclass
 class LatencyReport:
@@ -91,222 +82,6 @@ class LatencyReport:
                 f"slices ({self.windows} windows) on {self.backend}")
 
 
-def resolve_providers(requested: Sequence[str] | None, bundle: Bundle | None = None
-                      ) -> list[str]:
-    """Providers to try, in order, filtered to those available here.
-
-    Valid names are ONNX Runtime's execution providers plus the bundle-file backends of
-    :data:`vcesdk.backends.BUNDLE_PROVIDERS` ("TorchScript", "TorchScript:cuda",
-    "AOTInductor", "AOTInductor:cuda", "TensorRTEngine", "TorchTensorRT").
-
-    Args:
-        requested: provider names in order of preference; None for TensorRT, CUDA, CPU (ONNX
-            Runtime).
-        bundle: when given, a bundle-file backend counts as available only if the bundle
-            holds its model file (and ONNX Runtime providers only if it holds an ONNX file).
-
-    Returns:
-        The available ones, in the requested order.
-
-    Raises:
-        ProviderError: a name that is not a provider (the message lists the valid ones), or
-            none of the requested providers is available in this installation.
-        MissingDependencyError: an ONNX Runtime provider asked for (or the default order)
-            where ONNX Runtime is not installed (the message names the cpu/gpu extras).
-    """
-    from .backends import BUNDLE_PROVIDERS, INSTALL_ONNXRUNTIME
-
-    try:
-        import onnxruntime as ort
-
-        ort_all, ort_here = list(ort.get_all_providers()), list(ort.get_available_providers())
-    except ImportError:  # vcesdk installed without its cpu/gpu extra
-        ort_all = ort_here = []
-    known = ort_all + list(BUNDLE_PROVIDERS)
-    names = list(DEFAULT_PROVIDER_ORDER if requested is None else requested)
-    if not names:
-        raise ProviderError("providers is empty; valid: " + ", ".join(known))
-    for name in names:
-        if name not in known:
-            if not ort_all and name.endswith("ExecutionProvider"):
-                raise MissingDependencyError(f"{name} is an ONNX Runtime provider and ONNX "
-                                             f"Runtime is not installed: "
-                                             f"{INSTALL_ONNXRUNTIME}")
-            raise ProviderError(f"unknown execution provider {name!r}; valid: "
-                                f"{', '.join(known)}")
-    formats = None if bundle is None else bundle.model_formats
-    ort_ok = formats is None or "onnx" in formats
-    available = ort_here if ort_ok else []
-    available += [p for p, (fmt, ok) in BUNDLE_PROVIDERS.items()
-                  if p in names and (formats is None or fmt in formats) and ok()]
-    chosen = [n for n in names if n in available]
-    if not chosen:
-        raise ProviderError(f"none of {', '.join(names)} is available in this installation "
-                            f"for this bundle (available: {', '.join(available) or 'none'})")
-    return chosen
-
-
-def open_backend(bundle: Bundle, providers: Sequence[str], intra_op_threads: int = 0,
-                 provider_options: Sequence[dict] | None = None):
-    """The backend for the first usable provider: ONNX Runtime (with the following ONNX
-    Runtime providers as its fallbacks for unsupported nodes) or a bundle-file backend.
-
-    Args:
-        provider_options: for ONNX Runtime, one dict per provider in `providers` (bundle
-            backends take none; their entries are ignored).
-
-    Raises:
-        BundleError: the chosen provider needs a model file the bundle does not have.
-    """
-    from .backends import BUNDLE_PROVIDERS, OrtBackend, open_bundle_backend
-
-    first = providers[0]
-    if first in BUNDLE_PROVIDERS:
-        return open_bundle_backend(first, bundle.file("model", BUNDLE_PROVIDERS[first][0]),
-                                   bundle.path)
-    keep = [i for i, p in enumerate(providers) if p not in BUNDLE_PROVIDERS]
-    opts = [provider_options[i] for i in keep] if provider_options else None
-    return OrtBackend(bundle.file("model", "onnx"), [providers[i] for i in keep],
-                      intra_op_threads, opts)
-
-
-def default_provider_options(bundle: Bundle, providers: Sequence[str],
-                             provider_options: dict[str, dict] | None = None) -> list[dict]:
-    """One ONNX Runtime options dict per provider: the user's, on top of vcesdk's defaults.
-
-    The TensorRT execution provider gets the bundle's profile shapes and an engine cache
-    folder by default (:func:`vcesdk.engines.ort_provider_options`; cache folder
-    :func:`vcesdk.engines.default_engine_cache`, root ``$VCESDK_ENGINE_CACHE``), so ONNX
-    Runtime builds one engine for every window of the bundle once and reuses it in later
-    processes; any key the user gives for it wins. Other providers get only the user's.
-    """
-    from .engines import ort_provider_options
-
-    out = []
-    for p in providers:
-        user = dict((provider_options or {}).get(p, {}))
-        if p == "TensorrtExecutionProvider":
-            user = {**ort_provider_options(bundle, [p])[0], **user}
-        out.append(user)
-    return out
-
-
-def plan_windows(bundle: Bundle, shape: Sequence[int]
-                 ) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]:
-    """Padded shape, window and stride for a model-grid volume of `shape` (D, H, W).
-
-    The volume is padded at the far end of each axis to the network's size multiples (and to
-    at least the window depth); an axis whose manifest window is null is one whole-plane
-    window.
-    """
-    d = bundle.window[0]
-    padded = [max(round_up(int(shape[0]), bundle.multiple_of[0]), d)]
-    window = [d]
-    stride = [bundle.stride[0]]
-    for axis in (1, 2):
-        size = bundle.window[axis]
-        n = round_up(int(shape[axis]), bundle.multiple_of[axis])
-        if size is None:
-            padded.append(n)
-            window.append(n)
-            stride.append(n)
-        else:
-            padded.append(max(n, size))
-            window.append(size)
-            stride.append(bundle.stride[axis] or size)
-    return tuple(padded), tuple(window), tuple(stride)  # type: ignore[return-value]
-
-
-@dataclasses.dataclass
-class ModelInput:
-    """A volume prepared for the model: on the bundle's grid, windowed to channels, padded.
-
-    Attributes:
-        work: the volume on the model grid (resampled when the bundle says so), HU.
-        channels: float32 (C, *padded) model input values.
-        window, stride: (d, h, w) window and stride for :func:`~vcesdk.stitch.sliding_window`.
-        replicated_slices: slices added by repeating the last one, when the volume on the
-            model grid is thinner than the window (0 otherwise).
-    """
-
-    work: CTVolume
-    channels: np.ndarray
-    window: tuple[int, int, int]
-    stride: tuple[int, int, int]
-    replicated_slices: int = 0
-
-    def windows(self, limit: int | None = None) -> np.ndarray:
-        """The first `limit` windows (all by default), float32 (N, C, d, h, w)."""
-        grid = window_grid(self.channels.shape[1:], self.window, self.stride)[:limit]
-        d, h, w = self.window
-        return np.stack([self.channels[:, z:z + d, y:y + h, x:x + w] for z, y, x in grid])
-
-
-def _check_finite(vol: CTVolume) -> None:
-    if not np.all(np.isfinite(vol.hu)):
-        raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or mask "
-                                      "them before synthesis")
-
-
-def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
-    """Resample, window and pad a volume as the bundle's manifest declares.
-
-    Raises:
-        InputError: the volume holds NaN or infinite values.
-    """
-    _check_finite(vol)
-    return _prepare_finite(bundle, vol)
-
-
-def _prepare_finite(bundle: Bundle, vol: CTVolume) -> ModelInput:
-    """:func:`prepare_model_input` for a volume already known to be finite."""
-    if float(vol.hu.min()) < AIR_HU:
-        # padding outside the scanned field of view (-2048, -3024, PixelPaddingValue) is air
-        # to the model; the input itself is not modified
-        vol = vol.with_hu(np.maximum(vol.hu, np.float32(AIR_HU)))
-    work = orient_volume(vol, bundle.orientation)
-    if bundle.resample_mm is not None:
-        work = resample_volume(work, bundle.resample_mm, default_hu=bundle.pad_hu)
-    shape = work.shape
-    padded, window, stride = plan_windows(bundle, shape)
-    channels = hu_to_channels(work.hu, bundle.windows)
-    replicated = max(0, window[0] - shape[0])
-    if replicated:
-        # a thin input (fewer slices than the window): its last slice is repeated to the
-        # window depth, so the network sees anatomy that continues rather than air
-        channels = np.concatenate([channels, np.repeat(channels[:, -1:], replicated, axis=1)],
-                                  axis=1)
-        shape = channels.shape[1:]
-    if padded != shape:
-        pad_values = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
-        full = np.empty((len(bundle.windows), *padded), dtype=np.float32)
-        full[:] = pad_values[:, None, None, None]
-        full[:, :shape[0], :shape[1], :shape[2]] = channels
-        channels = full
-    return ModelInput(work=work, channels=channels, window=window, stride=stride,
-                      replicated_slices=replicated)
-
-
-def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
-    """Estimated peak memory of :meth:`Synthesizer.synthesize` for `vol`, MB (besides the
-    model's own working memory and the input, which the caller already holds).
-
-    Counted, float32: the reoriented and resampled volume on the model grid, its input
-    channels padded to the network's multiples, the output channels there, the prediction in
-    HU, and on the input grid the difference and the result (2 volumes).
-    """
-    grid = list(vol.shape)  # axes taken as already in the model's orientation (axial scans)
-    if bundle.resample_mm is not None:
-        grid = [max(1, round(n * s / t)) for n, s, t in
-                zip(grid, vol.spacing_zyx_mm, bundle.resample_mm)]
-    padded, _, _ = plan_windows(bundle, grid)
-    c_in = len(bundle.windows)
-    c_out = int(bundle.manifest["output"]["channels"])
-    floats = (2 * float(np.prod(grid)) + float(np.prod(padded)) * (c_in + c_out)
-              + 2 * float(np.prod(vol.shape)))
-    return floats * 4 / 1e6
-
-
 class Synthesizer:
     """Turns a non-contrast CT into a synthetic contrast-enhanced CT with one model bundle.
 
@@ -326,9 +101,10 @@ class Synthesizer:
         provider_options: ONNX Runtime options per provider name, e.g.
             {"TensorrtExecutionProvider": {"trt_fp16_enable": "True"}}; the TensorRT EP's
             defaults (bundle profile shapes, engine cache folder) are
-            :func:`default_provider_options`, and these override them key by key.
-        memory_budget_mb: refuse volumes whose :func:`estimate_memory_mb` exceeds this
-            (default ``$VCESDK_MEMORY_BUDGET_MB`` or 16384).
+            :func:`vcesdk.backends.onnxruntime.default_provider_options`, and these override
+            them key by key.
+        memory_budget_mb: refuse volumes whose :func:`vcesdk.planning.estimate_memory_mb`
+            exceeds this (default ``$VCESDK_MEMORY_BUDGET_MB`` or 16384).
         contrast_guard: what to do when the input already looks contrast-enhanced (see
             :mod:`vcesdk.contrast`): "warn" (default; a :class:`UserWarning` and a log line),
             "refuse" (raise :class:`~vcesdk.errors.ContrastEnhancedInputError`) or "off".
@@ -339,6 +115,14 @@ class Synthesizer:
             than :data:`MAX_OBLIQUE_DEG`: "refuse" (default; raise
             :class:`~vcesdk.errors.ObliqueVolumeError`) or "resample" (run on an axis-aligned
             grid, bring the result back onto the input grid).
+        triton_url: with ``providers=["Triton"]``, the server: ``grpc://host:8001`` or
+            ``http://host:8000`` (see :mod:`vcesdk.triton_client`: the server's model config
+            is checked against the manifest; windows run only there, never locally).
+        triton_model: the server's model name (default: the bundle's, as ``vcesdk triton``
+            names it).
+        triton_timeout_s: how long one window batch may retry an unreachable server before
+            :class:`~vcesdk.errors.TritonError` (default
+            :data:`vcesdk.triton_client.DEFAULT_TIMEOUT_S`, 30 s).
 
     Thread safety: one Synthesizer may be used from several threads at once; each
     :meth:`synthesize` call keeps its state on its own stack and gives bit-identical results
@@ -370,10 +154,9 @@ class Synthesizer:
                  providers: Sequence[str] | None = None, intra_op_threads: int = 0,
                  provider_options: dict[str, dict] | None = None,
                  memory_budget_mb: float | None = None, contrast_guard: str = "warn",
-                 oblique: str = "refuse", hu_check: str = "refuse") -> None:
-        from . import DEFAULT_BUNDLE
-        from .contrast import GUARD_MODES
-
+                 oblique: str = "refuse", hu_check: str = "refuse",
+                 triton_url: str | None = None, triton_model: str | None = None,
+                 triton_timeout_s: float | None = None) -> None:
         if contrast_guard not in GUARD_MODES:
             raise InputError(f"contrast_guard must be one of {', '.join(GUARD_MODES)}, got "
                              f"{contrast_guard!r}")
@@ -396,6 +179,24 @@ class Synthesizer:
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
             DEFAULT_BUNDLE if bundle is None else bundle)
+        # --- Triton (vcesdk.triton_client): a remote provider, outside the file-format
+        # registry of vcesdk.backends; it runs alone and never falls back to local execution
+        from .triton_client import DEFAULT_TIMEOUT_S, is_triton, open_triton
+
+        if is_triton(providers):
+            if provider_options:
+                raise ProviderError("provider_options are ONNX Runtime's; the Triton provider "
+                                    "takes triton_url, triton_model, triton_timeout_s")
+            self._backend = open_triton(self.bundle, triton_url, triton_model,
+                                        timeout_s=triton_timeout_s or DEFAULT_TIMEOUT_S)
+            self.provider = self._backend.name
+            self.last_latency = None
+            _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name,
+                         self.bundle.phase, self.bundle.manifest["method"], self.provider)
+            return
+        if triton_url or triton_model:
+            raise ProviderError("triton_url/triton_model given but providers does not name "
+                                "Triton; pass providers=['Triton']")
         chosen = resolve_providers(providers, self.bundle)
         asked = DEFAULT_PROVIDER_ORDER if providers is None else tuple(providers)
         unknown = set(provider_options or {}) - set(asked)
@@ -460,7 +261,7 @@ class Synthesizer:
                 f"volume axes are {angle:.1f} degrees oblique to the patient axes (an oblique "
                 f"acquisition or reformat); pass --oblique resample (oblique='resample') to "
                 f"run on an axis-aligned grid")
-        _check_finite(vol)  # once per call; resampling (oblique path) keeps values finite
+        check_finite(vol)  # once per call; resampling (oblique path) keeps values finite
         self.last_hu = check_hu(vol, self.hu_check)
         self.last_contrast = check_contrast(vol, self.contrast_guard)
         if angle > MAX_OBLIQUE_DEG:

@@ -1,0 +1,144 @@
+"""Planning a synthesis: the model grid, padding to the network's multiples, the window plan
+and the memory estimate, from a bundle's manifest alone (no backend, no model run).
+
+Flow: HU volume -> (clip field-of-view padding to air) -> orient to the bundle's orientation
+-> (resample to the bundle's grid) -> HU windows to channels -> (repeat the last slice of a
+thin input to the window depth) -> pad to the network's multiples -> windows and strides for
+:func:`~vcesdk.stitch.sliding_window`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from .bundle import Bundle, round_up
+from .errors import InvalidVoxelValuesError
+from .intensity import hu_to_channels
+from .stitch import window_grid
+from .volume import CTVolume, orient_volume, resample_volume
+
+AIR_HU = -1024.0
+"""Values below this (field-of-view padding such as -2048 or -3024) are air to the model."""
+
+
+def plan_windows(bundle: Bundle, shape: Sequence[int]
+                 ) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]:
+    """Padded shape, window and stride for a model-grid volume of `shape` (D, H, W).
+
+    The volume is padded at the far end of each axis to the network's size multiples (and to
+    at least the window depth); an axis whose manifest window is null is one whole-plane
+    window.
+    """
+    d = bundle.window[0]
+    padded = [max(round_up(int(shape[0]), bundle.multiple_of[0]), d)]
+    window = [d]
+    stride = [bundle.stride[0]]
+    for axis in (1, 2):
+        size = bundle.window[axis]
+        n = round_up(int(shape[axis]), bundle.multiple_of[axis])
+        if size is None:
+            padded.append(n)
+            window.append(n)
+            stride.append(n)
+        else:
+            padded.append(max(n, size))
+            window.append(size)
+            stride.append(bundle.stride[axis] or size)
+    return tuple(padded), tuple(window), tuple(stride)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class ModelInput:
+    """A volume prepared for the model: on the bundle's grid, windowed to channels, padded.
+
+    Attributes:
+        work: the volume on the model grid (resampled when the bundle says so), HU.
+        channels: float32 (C, *padded) model input values.
+        window, stride: (d, h, w) window and stride for :func:`~vcesdk.stitch.sliding_window`.
+        replicated_slices: slices added by repeating the last one, when the volume on the
+            model grid is thinner than the window (0 otherwise).
+    """
+
+    work: CTVolume
+    channels: np.ndarray
+    window: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    replicated_slices: int = 0
+
+    def windows(self, limit: int | None = None) -> np.ndarray:
+        """The first `limit` windows (all by default), float32 (N, C, d, h, w)."""
+        grid = window_grid(self.channels.shape[1:], self.window, self.stride)[:limit]
+        d, h, w = self.window
+        return np.stack([self.channels[:, z:z + d, y:y + h, x:x + w] for z, y, x in grid])
+
+
+def check_finite(vol: CTVolume) -> None:
+    """Refuse a volume with NaN or infinite values.
+
+    Raises:
+        InvalidVoxelValuesError: the volume holds NaN or infinite values.
+    """
+    if not np.all(np.isfinite(vol.hu)):
+        raise InvalidVoxelValuesError("input volume holds NaN or infinite values; fix or mask "
+                                      "them before synthesis")
+
+
+def prepare_model_input(bundle: Bundle, vol: CTVolume) -> ModelInput:
+    """Resample, window and pad a volume as the bundle's manifest declares.
+
+    Raises:
+        InvalidVoxelValuesError: the volume holds NaN or infinite values.
+    """
+    check_finite(vol)
+    return _prepare_finite(bundle, vol)
+
+
+def _prepare_finite(bundle: Bundle, vol: CTVolume) -> ModelInput:
+    """:func:`prepare_model_input` for a volume already known to be finite."""
+    if float(vol.hu.min()) < AIR_HU:
+        # padding outside the scanned field of view (-2048, -3024, PixelPaddingValue) is air
+        # to the model; the input itself is not modified
+        vol = vol.with_hu(np.maximum(vol.hu, np.float32(AIR_HU)))
+    work = orient_volume(vol, bundle.orientation)
+    if bundle.resample_mm is not None:
+        work = resample_volume(work, bundle.resample_mm, default_hu=bundle.pad_hu)
+    shape = work.shape
+    padded, window, stride = plan_windows(bundle, shape)
+    channels = hu_to_channels(work.hu, bundle.windows)
+    replicated = max(0, window[0] - shape[0])
+    if replicated:
+        # a thin input (fewer slices than the window): its last slice is repeated to the
+        # window depth, so the network sees anatomy that continues rather than air
+        channels = np.concatenate([channels, np.repeat(channels[:, -1:], replicated, axis=1)],
+                                  axis=1)
+        shape = channels.shape[1:]
+    if padded != shape:
+        pad_values = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
+        full = np.empty((len(bundle.windows), *padded), dtype=np.float32)
+        full[:] = pad_values[:, None, None, None]
+        full[:, :shape[0], :shape[1], :shape[2]] = channels
+        channels = full
+    return ModelInput(work=work, channels=channels, window=window, stride=stride,
+                      replicated_slices=replicated)
+
+
+def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
+    """Estimated peak memory of :meth:`vcesdk.Synthesizer.synthesize` for `vol`, MB (besides the
+    model's own working memory and the input, which the caller already holds).
+
+    Counted, float32: the reoriented and resampled volume on the model grid, its input
+    channels padded to the network's multiples, the output channels there, the prediction in
+    HU, and on the input grid the difference and the result (2 volumes).
+    """
+    grid = list(vol.shape)  # axes taken as already in the model's orientation (axial scans)
+    if bundle.resample_mm is not None:
+        grid = [max(1, round(n * s / t)) for n, s, t in
+                zip(grid, vol.spacing_zyx_mm, bundle.resample_mm)]
+    padded, _, _ = plan_windows(bundle, grid)
+    c_in = len(bundle.windows)
+    c_out = int(bundle.manifest["output"]["channels"])
+    floats = (2 * float(np.prod(grid)) + float(np.prod(padded)) * (c_in + c_out)
+              + 2 * float(np.prod(vol.shape)))
+    return floats * 4 / 1e6
