@@ -38,7 +38,9 @@ setup(
         "vcesdk.backends",
         "vcesdk.io",
         "vcesdk.models",
+        "vcesdk.models.demo_ap",
         "vcesdk.models.demo_pvp",
+        "vcesdk.models.demo_dp",
         "vcesdk.data",
         "vcesdk.training",
         "vcesdk.training.methods",
@@ -53,7 +55,10 @@ setup(
         "vcesdk.export": "export",
     },
     package_data={
+        # the three demo bundles (vcesdk.DEFAULT_BUNDLES), one per contrast phase
+        "vcesdk.models.demo_ap": ["manifest.json", "*.onnx", "*.pt"],
         "vcesdk.models.demo_pvp": ["manifest.json", "*.onnx", "*.pt"],
+        "vcesdk.models.demo_dp": ["manifest.json", "*.onnx", "*.pt"],
         # the embedded sample CT (vcesdk.data): TotalSegmentator test files, Apache-2.0
         "vcesdk.data": ["sample/*.nii.gz", "sample/*.json", "sample/LICENSE",
                         "sample/ATTRIBUTION.md"],
