@@ -634,26 +634,46 @@ class HandROI:
             m &= (ncct >= self.native_hu[0]) & (ncct <= self.native_hu[1])
         return m
 
+    @classmethod
+    def of(cls, name: str, box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+           ) -> "HandROI":
+        """An ROI of a kind in :data:`ROI_KINDS` (its HU range, reference and tolerance).
 
-_FAT, _BONE, _AIR = (-150.0, -50.0), (150.0, 2000.0), (-1100.0, -900.0)
+        Raises:
+            InputError: an unknown kind.
+        """
+        if name not in ROI_KINDS:
+            raise InputError(f"unknown ROI kind {name!r}; known: {', '.join(ROI_KINDS)}")
+        return cls(name, box, *ROI_KINDS[name])
+
+
+#: ROI kind -> (native HU range, TISSUE_HU reference rows, tolerance HU): the [demo] targets
+#: (aorta within 25 HU of the phase's reference; fat <= 10, bone <= 20, air <= 5 HU of change).
+ROI_KINDS: dict[str, tuple[tuple[float, float] | None, tuple[str, ...] | None, float]] = {
+    "aorta": (None, ("aorta",), 25.0),
+    "subcutaneous_fat": ((-150.0, -50.0), None, 10.0),
+    "bone": ((150.0, 2000.0), None, 20.0),
+    "air": ((-1100.0, -900.0), None, 5.0),
+}
+
 #: Hand-placed ROIs on the two real native scans in ``../shared/data/ct`` (placed on a window
 #: L 40 / W 400 view of the middle slice of each box; NCCT medians: lung1 aorta 42, fat -112 /
 #: -114, vertebral body 262, air -998 HU; abdomen aorta 42, fat -104 / -106, vertebral body
 #: 213, air -1000 HU). The abdomen file is RAS (rows run posterior -> anterior).
 REAL_CT_ROIS: dict[str, tuple[HandROI, ...]] = {
     "pyradiomics_lung1/lung1_image.nrrd": (
-        HandROI("aorta", ((4, 21), (405, 420), (310, 326)), None, ("aorta",), 25.0),
-        HandROI("subcutaneous_fat", ((4, 21), (160, 200), (120, 200)), _FAT, None, 10.0),
-        HandROI("subcutaneous_fat", ((4, 21), (160, 200), (320, 400)), _FAT, None, 10.0),
-        HandROI("bone", ((4, 21), (400, 430), (240, 275)), _BONE, None, 20.0),
-        HandROI("air", ((4, 21), (0, 60), (0, 80)), _AIR, None, 5.0),
+        HandROI.of("aorta", ((4, 21), (405, 420), (310, 326))),
+        HandROI.of("subcutaneous_fat", ((4, 21), (160, 200), (120, 200))),
+        HandROI.of("subcutaneous_fat", ((4, 21), (160, 200), (320, 400))),
+        HandROI.of("bone", ((4, 21), (400, 430), (240, 275))),
+        HandROI.of("air", ((4, 21), (0, 60), (0, 80))),
     ),
     "totalseg_abdomen_native/example_ct.nii.gz": (
-        HandROI("aorta", ((80, 96), (50, 53), (52, 55)), None, ("aorta",), 25.0),
-        HandROI("subcutaneous_fat", ((80, 96), (8, 18), (15, 35)), _FAT, None, 10.0),
-        HandROI("subcutaneous_fat", ((80, 96), (8, 18), (85, 105)), _FAT, None, 10.0),
-        HandROI("bone", ((80, 96), (32, 42), (50, 60)), _BONE, None, 20.0),
-        HandROI("air", ((80, 96), (90, 101), (0, 12)), _AIR, None, 5.0),
+        HandROI.of("aorta", ((80, 96), (50, 53), (52, 55))),
+        HandROI.of("subcutaneous_fat", ((80, 96), (8, 18), (15, 35))),
+        HandROI.of("subcutaneous_fat", ((80, 96), (8, 18), (85, 105))),
+        HandROI.of("bone", ((80, 96), (32, 42), (50, 60))),
+        HandROI.of("air", ((80, 96), (90, 101), (0, 12))),
     ),
 }
 

@@ -18,30 +18,7 @@ from .itk import ITK_SUFFIXES, itk_suffix, read_itk, write_itk
 FORMATS: dict[str, str] = {"dicom": "", "nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
 
 __all__ = ["FORMATS", "ITK_SUFFIXES", "atomic_output", "output_path", "read_volume",
-           "series_uid_of_file", "write_volume"]
-
-
-def series_uid_of_file(path: str | os.PathLike) -> str:
-    """The SeriesInstanceUID of one DICOM file (header only, pixel data not read).
-
-    Raises:
-        VolumeReadError: not a readable DICOM file, or it has no SeriesInstanceUID.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    p = Path(path)
-    try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
-            IndexError, EOFError) as exc:
-        raise VolumeReadError(f"cannot read {p} as DICOM: {type(exc).__name__}: {exc}"
-                              ) from None
-    uid = str(ds.get("SeriesInstanceUID", "") or "")
-    if not uid:
-        raise VolumeReadError(f"{p} has no SeriesInstanceUID; cannot tell which series it "
-                              f"belongs to")
-    return uid
+           "write_volume"]
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None,
@@ -82,8 +59,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None,
     if itk_suffix(p) is not None:
         return read_itk(p)
     if p.suffix.lower() in (".dcm", ".ima", ""):
-        check_ct_image_file(p)  # why the named file itself cannot be used, if it cannot
-        uid = series_uid_of_file(p)
+        uid = check_ct_image_file(p)  # why the named file itself cannot be used, if it cannot
         if series_uid is not None and series_uid != uid:
             raise SeriesSelectionError(f"{p} belongs to series {uid}, not the requested "
                                        f"{series_uid}; name the folder to choose a series")

@@ -143,16 +143,20 @@ def _read_headers(folder: Path) -> list[_Frame]:
     return frames
 
 
-def check_ct_image_file(path: str | os.PathLike) -> None:
+def check_ct_image_file(path: str | os.PathLike) -> str:
     """Check that one DICOM file is a CT image that can be placed in a volume (header only).
 
     A named file's own series is read from the folder beside it, where files that are not
     placeable CT images are skipped; this check says why the named file itself cannot be
     used, instead of a folder-level "no images" or "series not found".
 
+    Returns:
+        The file's SeriesInstanceUID (the series a named file stands for).
+
     Raises:
-        VolumeReadError: not a readable DICOM file, a malformed header, or an image with no
-            plane position and orientation (ImagePositionPatient, ImageOrientationPatient).
+        VolumeReadError: not a readable DICOM file, a malformed header, no SeriesInstanceUID,
+            or an image with no plane position and orientation (ImagePositionPatient,
+            ImageOrientationPatient).
         NotCTError: the file is not CT (another Modality, or none: e.g. a DICOMDIR, a
             structured report, secondary capture).
     """
@@ -183,6 +187,11 @@ def check_ct_image_file(path: str | os.PathLike) -> None:
     if not frames:
         raise VolumeReadError(f"{p} has no ImagePositionPatient / ImageOrientationPatient; "
                               f"its slice cannot be placed in a volume")
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if not uid:
+        raise VolumeReadError(f"{p} has no SeriesInstanceUID; cannot tell which series it "
+                              f"belongs to")
+    return uid
 
 
 def _normal(iop: np.ndarray) -> np.ndarray:
