@@ -1,11 +1,15 @@
 """Triton as the scale-out engine (#19): a ``--platform python`` repository loaded by a real
 tritonserver (the nvidia-pytriton wheel's, started by vcesdk on 127.0.0.1 with free ports, one
-per module), the ``Triton`` provider of Synthesizer against it over gRPC and HTTP, concurrent
-clients, a server stopped mid-run, a model that does not match the manifest."""
+per module), the ``Triton`` provider of Synthesizer against it over gRPC and HTTP, with and
+without system shared memory, concurrent clients, a server stopped mid-run, a model that does
+not match the manifest; no shared-memory region is left in /dev/shm or on the server."""
 from __future__ import annotations
 
 import concurrent.futures
+import gc
+import logging
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +25,39 @@ from vcesdk.errors import BundleError, InputError, ProviderError, TritonError
 from triton_server import need_server, running_server, write_python_repository
 
 GOOD = "vcesdk-demo-pvp_python"
+SHM = Path("/dev/shm")
+
+
+def _shm_files(pid: int | None = None) -> list[str]:
+    """vcesdk's regions of process `pid` (default this one) in /dev/shm."""
+    return sorted(p.name for p in SHM.glob(f"vcesdk_{os.getpid() if pid is None else pid}_*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leaked() -> list[str]:
+    """vcesdk's regions in /dev/shm whose process has ended."""
+    return sorted(p.name for p in SHM.glob("vcesdk_*")
+                  if not _alive(int(p.name.split("_")[1])))
+
+
+def _server_regions(server) -> list[str]:
+    """Names of the system shared-memory regions registered with `server`."""
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url.removeprefix("http://"))
+    try:
+        return sorted(r["name"] for r in client.get_system_shared_memory_status())
+    finally:
+        client.close()
 
 
 def _config(path: Path):
@@ -138,6 +175,25 @@ def test_provider_arguments_are_checked():
         vcesdk.Synthesizer(providers=["Triton"], triton_url="https://127.0.0.1:8000")
     with pytest.raises(ProviderError, match="does not name Triton"):
         vcesdk.Synthesizer(providers=["CPUExecutionProvider"], triton_url="grpc://h:1")
+    with pytest.raises(ProviderError, match="does not name Triton"):
+        vcesdk.Synthesizer(providers=["CPUExecutionProvider"], triton_shared_memory="off")
+    with pytest.raises(ProviderError, match="triton_shared_memory must be one of auto, system, "
+                                            "off, got 'cuda'"):
+        vcesdk.Synthesizer(providers=["Triton"], triton_url="grpc://127.0.0.1:1",
+                           triton_shared_memory="cuda")
+
+
+@pytest.mark.parametrize("url, local", [
+    ("grpc://127.0.0.1:8001", True), ("http://localhost:8000", True),
+    ("grpc://[::1]:8001", True), ("http://127.0.0.2", True), ("grpc://LocalHost", True),
+    ("grpc://10.0.0.7:8001", False), ("http://triton.example:8000", False),
+    ("grpc://[2001:db8::1]:8001", False),
+])
+def test_same_host_urls(url, local):
+    """"auto" shared memory is for these hosts only."""
+    from vcesdk.triton_client import parse_url
+
+    assert parse_url(url).is_local is local
 
 
 def test_unreachable_server_is_one_error_within_the_timeout():
@@ -154,16 +210,117 @@ def test_unreachable_server_is_one_error_within_the_timeout():
 
 # ---- against the server ------------------------------------------------------------------
 
+@pytest.mark.parametrize("shared_memory", ["auto", "off"])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_triton_matches_local_onnxruntime(server, sample, local_result, protocol):
+def test_triton_matches_local_onnxruntime(server, sample, local_result, protocol,
+                                          shared_memory):
+    """Over gRPC and HTTP, through shared memory ("auto" on 127.0.0.1: one input and one
+    output region, registered with the server while the windows run, gone from the server and
+    /dev/shm once the Synthesizer is closed) or over the network ("off": no region at all)."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, providers=["Triton"], triton_url=url)
-    assert syn.provider == f"Triton:{GOOD}/1@{url}"
-    out = syn.synthesize(sample)
+    before = set(_server_regions(server))
+    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, providers=["Triton"], triton_url=url,
+                             triton_shared_memory=shared_memory)
+    shm = shared_memory == "auto"
+    assert syn.provider == f"Triton:{GOOD}/1@{url}" + ("+shm" if shm else "")
+    seen: list[set[str]] = []
+    out = syn.synthesize(sample, progress=lambda done, total: seen.append(
+        set(_server_regions(server)) - before))
     assert out.shape == sample.shape and out.hu.dtype == np.float32
     diff = float(np.abs(out.hu - local_result).max())
     assert diff <= 0.5, f"Triton ({protocol}) differs from local ONNX Runtime by {diff} HU"
     assert syn.last_latency is not None and syn.last_latency.backend == syn.provider
+    ours = seen[-1]
+    if shm:
+        prefix = f"vcesdk_{os.getpid()}_"
+        assert len(ours) == 2 and all(n.startswith(prefix) for n in ours), seen
+        assert sorted(n.rsplit("_", 1)[1] for n in ours) == ["in", "out"]
+        assert all(s == ours for s in seen[1:]), "regions changed between batches"
+        assert ours <= set(_shm_files())
+    else:
+        assert not any(seen) and not _shm_files()
+    syn.close()
+    syn.close()  # idempotent
+    assert not ours & set(_server_regions(server))
+    gc.collect()
+    assert _shm_files() == []
+    with pytest.raises(TritonError, match="was closed"):
+        syn.predict_windows(np.zeros((1, 3, 8, 32, 32), np.float32))
+
+
+def test_shared_memory_regions_grow(server):
+    """A larger window than the regions hold: they are unregistered, destroyed and recreated
+    larger (sized for max_batch_size windows); results equal the local ones; a Synthesizer
+    collected without close() leaves nothing either."""
+    local = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, providers=["CPUExecutionProvider"])
+    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, providers=["Triton"],
+                             triton_url=server.grpc_url, triton_shared_memory="system")
+    rng = np.random.default_rng(0)
+    sizes = []
+    for shape in [(1, 3, 8, 32, 32), (2, 3, 8, 32, 32), (3, 3, 8, 64, 64), (1, 3, 8, 32, 32)]:
+        batch = rng.uniform(-1, 1, shape).astype(np.float32)
+        got = syn.predict_windows(batch)
+        np.testing.assert_allclose(got, local.predict_windows(batch), atol=1e-4)
+        ours = [n for n in _server_regions(server) if n.startswith(f"vcesdk_{os.getpid()}_")]
+        assert len(ours) == 2 and sorted(_shm_files()) == sorted(ours)
+        sizes.append({n.rsplit("_", 1)[1]: (SHM / n).stat().st_size for n in ours})
+    window, window_out = 3 * 8 * 32 * 32 * 4, 8 * 32 * 32 * 4
+    assert sizes[0] == sizes[1] == {"in": 4 * window, "out": 4 * window_out}  # max_batch_size 4
+    assert sizes[2] == sizes[3] == {"in": 16 * window, "out": 16 * window_out}
+    # a server that lost the registrations (restarted) gets them again
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url.removeprefix("http://"))
+    for name in ours:
+        client.unregister_system_shared_memory(name)
+    client.close()
+    batch = rng.uniform(-1, 1, (1, 3, 8, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(syn.predict_windows(batch), local.predict_windows(batch),
+                               atol=1e-4)
+    assert sorted(n for n in _server_regions(server) if n in ours) == sorted(ours)
+    del syn
+    gc.collect()
+    assert _shm_files() == []
+    assert not [n for n in _server_regions(server) if n.startswith(f"vcesdk_{os.getpid()}_")]
+
+
+def _refuse_registration(monkeypatch, protocol):
+    mod = pytest.importorskip(f"tritonclient.{protocol}")
+    from tritonclient.utils import InferenceServerException
+
+    def refuse(self, name, key, byte_size, *a, **kw):
+        raise InferenceServerException(f"Unable to open shared memory region: '{key}'")
+
+    monkeypatch.setattr(mod.InferenceServerClient, "register_system_shared_memory", refuse)
+
+
+def test_system_shared_memory_refused_is_one_error(server, monkeypatch):
+    """A server that cannot map this host's /dev/shm (another host behind a tunnel, a
+    container without --ipc=host): "system" is one TritonError, and no region is left."""
+    _refuse_registration(monkeypatch, "grpc")
+    with pytest.raises(TritonError, match=r"cannot use system shared memory "
+                                          r"\(triton_shared_memory='system'\): .*Unable to open "
+                                          r"shared memory region.* pass "
+                                          r"triton_shared_memory='off'"):
+        vcesdk.Synthesizer(providers=["Triton"], triton_url=server.grpc_url,
+                           triton_shared_memory="system")
+    gc.collect()
+    assert _shm_files() == []
+
+
+def test_auto_shared_memory_refused_falls_back_to_the_network(server, sample, local_result,
+                                                              monkeypatch, caplog):
+    """"auto" with a server that cannot map the regions: one warning, the tensors go over the
+    network (the server still runs every window; nothing runs locally)."""
+    _refuse_registration(monkeypatch, "http")
+    with caplog.at_level(logging.WARNING, logger="vcesdk.triton_client"):
+        with vcesdk.Synthesizer(providers=["Triton"], triton_url=server.http_url) as syn:
+            assert syn.provider == f"Triton:{GOOD}/1@{server.http_url}"
+            out = syn.synthesize(sample).hu
+    warned = [r for r in caplog.records if "shared memory unavailable" in r.getMessage()]
+    assert len(warned) == 1 and "over the network instead" in warned[0].getMessage()
+    assert float(np.abs(out - local_result).max()) <= 0.5
+    assert _shm_files() == []
 
 
 def test_eight_threads_identical(server, sample, local_result):
@@ -174,6 +331,10 @@ def test_eight_threads_identical(server, sample, local_result):
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
     assert float(np.abs(outs[0] - local_result).max()) <= 0.5
+    assert syn.provider.endswith("+shm")
+    assert 2 <= len(_shm_files()) <= 16  # at most one input and one output region a thread
+    syn.close()
+    assert _shm_files() == []
 
 
 def _synthesize_in_process(url: str) -> bytes:
@@ -191,6 +352,10 @@ def test_eight_processes_identical(server, sample, local_result):
     assert len(set(outs)) == 1
     got = np.frombuffer(outs[0], dtype=np.float32).reshape(sample.shape)
     assert float(np.abs(got - local_result).max()) <= 0.5
+    # the workers exited without close(): their regions went at interpreter exit
+    assert _leaked() == []
+    assert not [n for n in _server_regions(server)
+                if not _alive(int(n.split("_")[1]))]
 
 
 @pytest.mark.parametrize("model, message", [
@@ -249,16 +414,21 @@ def test_server_stopped_mid_run_one_error_nothing_written(tmp_path):
     assert "nothing runs locally instead" in errors[0]
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp left
+    assert _shm_files(proc.pid) == []  # its shared memory went with it, server or not
 
 
 def test_cli_synthesize_with_triton(server, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "vcesdk.cli", "synthesize", "--sample", "-o", str(out),
              "--model", str(vcesdk.DEFAULT_BUNDLE), "-q",
-         "--format", "nifti", "--providers", "Triton", "--triton-url", server.http_url],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+         "--format", "nifti", "--providers", "Triton", "--triton-url", server.http_url,
+         "--triton-shared-memory", "system"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
     assert list(out.rglob("*.nii.gz"))
-    assert f"Triton:{GOOD}/1@{server.http_url}" in proc.stdout + "".join(
+    assert f"Triton:{GOOD}/1@{server.http_url}+shm" in stdout + "".join(
         p.read_text() for p in out.rglob("*.json"))
+    assert _shm_files(proc.pid) == []
+    assert not [n for n in _server_regions(server) if n.startswith(f"vcesdk_{proc.pid}_")]

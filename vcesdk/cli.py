@@ -109,6 +109,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                                 provider_options=_provider_options(args, bundle),
                                 triton_url=args.triton_url, triton_model=args.triton_model,
                                 triton_timeout_s=args.triton_timeout,
+                                triton_shared_memory=args.triton_shared_memory,
                                 contrast_guard=args.contrast_guard if not syns else "off",
                                 hu_check=args.hu_check if not syns else "off",
                                 oblique=args.oblique))
@@ -442,6 +443,11 @@ def _synthesize_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--triton-timeout", type=float, default=None, metavar="S",
                    help="with --providers Triton: seconds one window batch may retry an "
                         "unreachable server before the run fails (30)")
+    s.add_argument("--triton-shared-memory", choices=("auto", "system", "off"), default=None,
+                   help="with --providers Triton: pass window batches through system shared "
+                        "memory: auto (default: when the URL's host is 127.0.0.1, localhost "
+                        "or ::1, over the network if the server cannot map it), system "
+                        "(always, else an error), off (never)")
     s.add_argument("--fp16", action="store_true",
                    help="TensorRT execution provider: allow fp16 kernels")
     s.add_argument("--engine-cache", metavar="DIR",

@@ -123,6 +123,12 @@ class Synthesizer:
         triton_timeout_s: how long one window batch may retry an unreachable server before
             :class:`~vcesdk.errors.TritonError` (default
             :data:`vcesdk.triton_client.DEFAULT_TIMEOUT_S`, 30 s).
+        triton_shared_memory: how window batches reach the server: "auto" (default: through
+            system shared memory when the URL's host is 127.0.0.1, ``localhost`` or ::1, else
+            over the network; a server that cannot map it gets them over the network after
+            one warning), "system" (always; a :class:`~vcesdk.errors.TritonError` when the
+            server cannot) or "off" (never). :attr:`provider` ends in ``+shm`` while it is in
+            use; :meth:`close` unregisters and removes the regions.
 
     Thread safety: one Synthesizer may be used from several threads at once; each
     :meth:`synthesize` call keeps its state on its own stack and gives bit-identical results
@@ -134,7 +140,8 @@ class Synthesizer:
 
     Attributes:
         bundle: the verified bundle.
-        provider: the execution provider that was chosen.
+        provider: the execution provider that was chosen (for Triton, the server, model and
+            version, and ``+shm`` while system shared memory carries the tensors).
         last_latency: the :class:`LatencyReport` of the last call.
         last_contrast: the :class:`~vcesdk.contrast.ContrastEstimate` of the last call (None
             when the guard is off).
@@ -156,7 +163,8 @@ class Synthesizer:
                  memory_budget_mb: float | None = None, contrast_guard: str = "warn",
                  oblique: str = "refuse", hu_check: str = "refuse",
                  triton_url: str | None = None, triton_model: str | None = None,
-                 triton_timeout_s: float | None = None) -> None:
+                 triton_timeout_s: float | None = None,
+                 triton_shared_memory: str | None = None) -> None:
         if contrast_guard not in GUARD_MODES:
             raise InputError(f"contrast_guard must be one of {', '.join(GUARD_MODES)}, got "
                              f"{contrast_guard!r}")
@@ -186,17 +194,18 @@ class Synthesizer:
         if is_triton(providers):
             if provider_options:
                 raise ProviderError("provider_options are ONNX Runtime's; the Triton provider "
-                                    "takes triton_url, triton_model, triton_timeout_s")
+                                    "takes triton_url, triton_model, triton_timeout_s, "
+                                    "triton_shared_memory")
             self._backend = open_triton(self.bundle, triton_url, triton_model,
-                                        timeout_s=triton_timeout_s or DEFAULT_TIMEOUT_S)
-            self.provider = self._backend.name
+                                        timeout_s=triton_timeout_s or DEFAULT_TIMEOUT_S,
+                                        shared_memory=triton_shared_memory or "auto")
             self.last_latency = None
             _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name,
                          self.bundle.phase, self.bundle.manifest["method"], self.provider)
             return
-        if triton_url or triton_model:
-            raise ProviderError("triton_url/triton_model given but providers does not name "
-                                "Triton; pass providers=['Triton']")
+        if triton_url or triton_model or triton_shared_memory:
+            raise ProviderError("triton_url/triton_model/triton_shared_memory given but "
+                                "providers does not name Triton; pass providers=['Triton']")
         chosen = resolve_providers(providers, self.bundle)
         asked = DEFAULT_PROVIDER_ORDER if providers is None else tuple(providers)
         unknown = set(provider_options or {}) - set(asked)
@@ -206,10 +215,28 @@ class Synthesizer:
         self._backend = open_backend(self.bundle, chosen, intra_op_threads,
                                      default_provider_options(self.bundle, chosen,
                                                               provider_options))
-        self.provider = self._backend.name
         self.last_latency: LatencyReport | None = None
         _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name, self.bundle.phase,
                      self.bundle.manifest["method"], self.provider)
+
+    @property
+    def provider(self) -> str:
+        """The backend's name (read each time: a Triton backend's can lose its ``+shm``)."""
+        return self._backend.name
+
+    def close(self) -> None:
+        """Release what the backend holds outside this process (the Triton provider's shared
+        memory regions and their server registrations); idempotent. Garbage collection and
+        interpreter exit do the same; afterwards a Triton Synthesizer runs nothing."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Synthesizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def predict_windows(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a batch of windows in model values.
