@@ -29,6 +29,7 @@ from .engine_build import (  # noqa: F401  (build_bundle_engine, _write_manifest
     build_bundle_engine,
     calibration_windows,
 )
+from .flops import flops_entry
 from .onnx_export import export_onnx
 from .parity import eager_runner
 from .torchscript_export import export_torchscript
@@ -132,7 +133,8 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
                   target: str = "local", calib_volumes: Sequence[CTVolume] = ()) -> Path:
     """Export a checkpoint's generator to a bundle folder (manifest.json, one model file per
     format, generator.pt), each export checked against eager PyTorch on the same real-CT
-    windows and its parity recorded in the manifest.
+    windows and its parity recorded in the manifest, and the generator's FLOPs per window
+    counted at the parity CT's window (``network.flops_per_window``, :mod:`.flops`).
 
     Args:
         checkpoint: a training checkpoint dict (see :mod:`vcesdk.training.trainer`), or the
@@ -240,6 +242,10 @@ def export_bundle(checkpoint: dict[str, Any], out_dir: str | os.PathLike,
         files[WEIGHTS_FILE] = {"role": "weights", "format": "torch-state-dict",
                                "load": "torch.load(path, weights_only=True)"}
         windows = prepare_model_input(bundle, parity_volume).windows(max_parity_windows)
+        # FLOPs per window, counted once here at the window the parity CT is planned at (the
+        # benchmark reads them: vcesdk.bundle.window_flops)
+        manifest["network"] = {**network, "flops_per_window": flops_entry(
+            gen, in_channels, windows.shape[2:], multiple)}
         reference = eager_runner(gen)
         for name, meta in files.items():
             if meta["role"] != "model":

@@ -41,6 +41,18 @@ def test_onnx_export_dynamic_shapes_and_parity(small_generator, tmp_path):
     assert parity["max_abs_hu"] < 0.5
 
 
+def test_flop_count_golden_case():
+    """One 3x3x3 convolution, 2 -> 4 channels, 'same' padding, on a 1 x 2 x 2 x 4 x 4 input:
+    2 FLOPs x (4 x 2 x 4 x 4 outputs) x (2 x 27 taps) = 13824 (the bias is not counted)."""
+    from vcesdk.export.flops import count_flops
+
+    conv = torch.nn.Conv3d(2, 4, kernel_size=3, padding=1)
+    assert count_flops(conv, (1, 2, 2, 4, 4)) == 2 * (4 * 2 * 4 * 4) * (2 * 27) == 13824
+    assert count_flops(conv, (3, 2, 2, 4, 4)) == 3 * 13824
+    with pytest.raises(vcesdk.errors.InputError, match=r"\(B, C, d, h, w\)"):
+        count_flops(conv, (2, 2, 4, 4))
+
+
 def test_parity_detects_a_different_model(small_generator, tmp_path):
     path = export_onnx(small_generator, tmp_path / "g.onnx", (1, 3, 8, 32, 32))
     other = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=8,
@@ -65,6 +77,15 @@ def test_checkpoint_to_bundle_runs_in_the_runtime(tiny_checkpoint, abdomen_volum
     assert par["window_shape"][0] == 3 and par["windows"] >= 1
     assert m["network"]["config"]["base"] == 8
     assert m["build"]["torch"] == torch.__version__
+    # FLOPs per window, counted once at export at the parity CT's window
+    fl = m["network"]["flops_per_window"]
+    assert fl["window"] == par["window_shape"][1:] and fl["linear_in_voxels"] is True
+    assert fl["counter"] == "torch.utils.flop_counter.FlopCounterMode"
+    from vcesdk.export.flops import count_bundle_flops
+
+    assert fl["flops"] == count_bundle_flops(out, fl["window"]) > 0
+    d, h, w = fl["window"]
+    assert vcesdk.bundle.window_flops(vcesdk.load_bundle(out), (d, 2 * h, w)) == 2 * fl["flops"]
     # the weights file loads safely and reproduces the generator
     state = torch.load(out / "generator.pt", weights_only=True)
     assert state["network"]["name"] == "unet3d"

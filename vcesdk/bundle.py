@@ -20,7 +20,10 @@ Schema version 1 (keys marked * are required)::
                 batch_size
     files*:  {file name: {sha256*, role* ("model" | "weights" | ...), format, precision,
               parity {max_abs_hu, tolerance_hu}, ...}}
-    network, build, training: free-form provenance
+    network, build, training: free-form provenance, except the optional
+             network.flops_per_window {flops*, window* [d, h, w], linear_in_voxels, counter}:
+             FLOPs of one forward pass on one window of that size, counted at export (see
+             :func:`window_flops`)
 """
 from __future__ import annotations
 
@@ -256,6 +259,7 @@ def validate_manifest(m: Any) -> dict:
     pad = inp.get("pad_hu", -1024.0)
     _require(isinstance(pad, (int, float)) and not isinstance(pad, bool)
              and math.isfinite(pad), f"manifest: input.pad_hu must be a number, got {pad!r}")
+    _validate_flops(m.get("network"))
     files = _get(m, "files", "")
     _require(isinstance(files, dict) and files, "manifest: files must list the model files")
     for name, meta in files.items():
@@ -269,6 +273,55 @@ def validate_manifest(m: Any) -> dict:
     _require(any(meta.get("role") == "model" for meta in files.values()),
              "manifest: no file has role 'model'")
     return m
+
+
+def _validate_flops(network: Any) -> None:
+    """Check the optional ``network.flops_per_window`` (absent in bundles exported before it).
+
+    Raises:
+        BundleError: the entry is present and malformed.
+    """
+    if not isinstance(network, dict) or network.get("flops_per_window") is None:
+        return
+    e = network["flops_per_window"]
+    where = "manifest: network.flops_per_window"
+    _require(isinstance(e, dict), f"{where} must be an object, got {e!r}")
+    f, win = e.get("flops"), e.get("window")
+    _require(isinstance(f, int) and not isinstance(f, bool) and f >= 0,
+             f"{where}.flops must be a non-negative integer, got {f!r}")
+    _require(isinstance(win, list) and len(win) == 3 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in win),
+        f"{where}.window must be three positive integers [d, h, w], got {win!r}")
+    lin = e.get("linear_in_voxels", False)
+    _require(isinstance(lin, bool), f"{where}.linear_in_voxels must be true or false, got "
+                                    f"{lin!r}")
+
+
+def window_flops(bundle: "Bundle", window: tuple[int, int, int] | list[int]) -> float | None:
+    """FLOPs of one forward pass of the bundle's network on one window, from the manifest's
+    ``network.flops_per_window`` (counted once at export, see :mod:`vcesdk.export.flops`).
+
+    Args:
+        bundle: a loaded bundle.
+        window: (d, h, w) window the model runs at, voxels (the padded plane for a
+            whole-plane bundle: :attr:`vcesdk.runtime.LatencyReport.window`).
+
+    Returns:
+        The count at that window: the stored one when the window is the one it was counted
+        at, else scaled by the ratio of window voxels when the export found the count linear
+        in voxels (``linear_in_voxels``); None when the manifest has no count or it cannot be
+        scaled to this window.
+    """
+    entry = (bundle.manifest.get("network") or {}).get("flops_per_window")
+    if entry is None:
+        return None
+    counted = [int(v) for v in entry["window"]]
+    asked = [int(v) for v in window]
+    if asked == counted:
+        return float(entry["flops"])
+    if not entry.get("linear_in_voxels", False):
+        return None
+    return float(entry["flops"]) * math.prod(asked) / math.prod(counted)
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:

@@ -3,14 +3,15 @@
     vcesdk synthesize (INPUT | --sample) -o OUTPUT_DIR [--model BUNDLE ...]
                       [--format dicom|nifti|nrrd|mha] [--series UID] [--tilt refuse|resample]
                       [--oblique refuse|resample] [--contrast-guard warn|refuse|off]
-                      [--hu-check refuse|warn|off]
+                      [--hu-check refuse|warn|off] [--stride N]
     vcesdk demo -o OUTPUT_DIR [options of synthesize]   (= synthesize --sample)
     vcesdk inspect INPUT [--series UID] [--tilt refuse|resample]
     vcesdk export CHECKPOINT_OR_BUNDLE -o BUNDLE --parity-input CT
                   [--format onnx,torchscript,aoti,tensorrt] [--half | --int8 --calib DIR]
                   [--target local|jetson]
     vcesdk build-engine BUNDLE --parity-input CT [--precision fp32|fp16|int8]
-    vcesdk benchmark BUNDLE [--providers ...] [--input CT] [--slices N] --json FILE
+    vcesdk benchmark BUNDLE [--providers ...] [--input CT] [--slices N] [--stride N]
+                     --json FILE
     vcesdk triton BUNDLE -o REPOSITORY [--platform onnxruntime_onnx,...,python]
                   [--kind KIND_GPU|KIND_CPU] [--no-dynamic-batching]
     vcesdk triton-server REPOSITORY [--grpc-port N] [--http-port N] [--host 127.0.0.1]
@@ -38,6 +39,8 @@ from .errors import InputError, VcesdkError
 from .io import FORMATS
 
 OUTPUT_FORMATS = tuple(FORMATS)  # vcesdk.io.FORMATS: the one table of output formats
+STRIDE_HELP = ("slices between consecutive model windows, overriding the bundle's (1 .. the "
+               "window depth; smaller = more overlap, slower; recorded in the report)")
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -112,7 +115,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                                 triton_shared_memory=args.triton_shared_memory,
                                 contrast_guard=args.contrast_guard if not syns else "off",
                                 hu_check=args.hu_check if not syns else "off",
-                                oblique=args.oblique))
+                                oblique=args.oblique, stride=args.stride))
     phases = [s.bundle.phase for s in syns]
     if len(set(phases)) != len(phases):
         raise InputError(f"two --model bundles synthesize the same phase ({', '.join(phases)});"
@@ -160,6 +163,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             "method": syn.bundle.manifest["method"],
                             "demo": bool(syn.bundle.manifest.get("demo")),
                             "provider": syn.provider, "auxiliary": aux_files,
+                            "stride": syn.stride, "bundle_stride": syn.bundle_stride,
                             "latency": lat.__dict__ if lat else None})
         if len(results) == 1:  # one phase: three slice levels
             preview_strip(shown.hu, orient_volume(results[0][1]).hu, tmp / "preview.png",
@@ -299,10 +303,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise InputError(f"{json_path} already exists (choose another or pass --overwrite)")
     report = benchmark(args.bundle, providers=args.providers, ct=args.input,
                        slices=args.slices, repeats=args.repeats, warmup=args.warmup,
-                       write_format=args.write_format,
+                       write_format=args.write_format, stride=args.stride,
                        progress=lambda p: print(f"benchmarking {p} ...", file=sys.stderr))
     with atomic_output(json_path, is_dir=False, overwrite=args.overwrite) as tmp:
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    overridden = {(e["stride"], e["bundle_stride"]) for e in report["backends"].values()
+                  if e["stride"] != e["bundle_stride"]}
+    for used, declared in sorted(overridden):  # the workers' log warning, once here
+        print(f"vcesdk: warning: slice stride {used} overrides the bundle's stride {declared}",
+              file=sys.stderr)
     print(f"{report['input']}: {next(iter(report['backends'].values()), {}).get('slices', '?')}"
           f" slices, {args.repeats} passes after {args.warmup} warm-up, writing "
           f"{args.write_format}")
@@ -466,6 +475,8 @@ def _synthesize_options(s: argparse.ArgumentParser) -> None:
                    help="input that does not look like CT in HU (no air near -1000: MR, PET, "
                         "unsigned exports, DICOM CT without rescale): refuse (default), warn, "
                         "or do not check")
+    s.add_argument("--stride", type=int, default=None, metavar="N",
+                   help=STRIDE_HELP)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -542,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "vcesdk.data.sample_ct(), 30 slices)")
     b.add_argument("--slices", type=int, metavar="N",
                    help="cut or mirror-extend the CT to N slices")
+    b.add_argument("--stride", type=int, default=None, metavar="N", help=STRIDE_HELP)
     b.add_argument("--repeats", type=int, default=5, help="timed passes per backend (5)")
     b.add_argument("--warmup", type=int, default=1, help="untimed passes first (1)")
     b.add_argument("--write-format", choices=OUTPUT_FORMATS, default="dicom",

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, round_up
-from .errors import InvalidVoxelValuesError
+from .errors import InputError, InvalidVoxelValuesError
 from .intensity import hu_to_channels
 from .stitch import window_grid
 from .volume import CTVolume, orient_volume, resample_volume
@@ -47,6 +47,32 @@ def plan_windows(bundle: Bundle, shape: Sequence[int]
             window.append(size)
             stride.append(bundle.stride[axis] or size)
     return tuple(padded), tuple(window), tuple(stride)  # type: ignore[return-value]
+
+
+def with_slice_stride(bundle: Bundle, stride: int) -> Bundle:
+    """The bundle with its slice stride (manifest ``inference.stride[0]``) replaced.
+
+    Only :attr:`~vcesdk.bundle.Bundle.stride` changes; ``bundle.manifest`` stays the file's
+    (what the bundle itself says).
+
+    Args:
+        bundle: a loaded bundle.
+        stride: slices between consecutive windows, 1 <= stride <= the window depth
+            ``bundle.window[0]``; a larger stride would leave slices that no window covers.
+
+    Returns:
+        A copy of `bundle` (``dataclasses.replace``) with ``stride[0] == stride``.
+
+    Raises:
+        InputError: `stride` is not an integer from 1 to the window depth.
+    """
+    depth = bundle.window[0]
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) \
+            or not 1 <= int(stride) <= depth:
+        raise InputError(f"stride must be an integer from 1 to the window depth of bundle "
+                         f"{bundle.name} ({depth} slices; a larger stride would leave slices "
+                         f"that no window covers), got {stride!r}")
+    return dataclasses.replace(bundle, stride=(int(stride), *bundle.stride[1:]))
 
 
 @dataclasses.dataclass

@@ -25,7 +25,13 @@ from .errors import InputError, MemoryBudgetError, ObliqueVolumeError, ProviderE
 from .formats import DEFAULT_PROVIDER_ORDER
 from .hu_check import HU_CHECK_MODES, HUStats, check_hu
 from .intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu
-from .planning import AIR_HU, _prepare_finite, check_finite, estimate_memory_mb
+from .planning import (
+    AIR_HU,
+    _prepare_finite,
+    check_finite,
+    estimate_memory_mb,
+    with_slice_stride,
+)
 from .stitch import sliding_window, window_grid
 from .volume import (
     CTVolume,
@@ -62,6 +68,8 @@ class LatencyReport:
             native kernel), seconds: time inside the sliding window outside the model.
         compose_s: output channel to HU, composition with the input, resampling back,
             seconds.
+        window: (d, h, w) size of each window on the model grid, voxels (the padded plane
+            for a whole-plane bundle).
     """
 
     backend: str
@@ -74,6 +82,7 @@ class LatencyReport:
     prepare_s: float = 0.0
     stitch_s: float = 0.0
     compose_s: float = 0.0
+    window: tuple[int, int, int] | None = None
 
     def line(self) -> str:
         """One human-readable line."""
@@ -129,6 +138,11 @@ class Synthesizer:
             one warning), "system" (always; a :class:`~vcesdk.errors.TritonError` when the
             server cannot) or "off" (never). :attr:`provider` ends in ``+shm`` while it is in
             use; :meth:`close` unregisters and removes the regions.
+        stride: slices between consecutive windows, overriding the bundle's
+            (``inference.stride[0]`` of its manifest); 1 <= stride <= the window depth.
+            Smaller: more windows averaged per slice (slower); larger: fewer windows (faster).
+            A value that differs from the bundle's is logged as one warning naming both. None
+            (default): the bundle's.
 
     Thread safety: one Synthesizer may be used from several threads at once; each
     :meth:`synthesize` call keeps its state on its own stack and gives bit-identical results
@@ -139,7 +153,10 @@ class Synthesizer:
     thread-safe (one per call).
 
     Attributes:
-        bundle: the verified bundle.
+        bundle: the verified bundle (its :attr:`~vcesdk.bundle.Bundle.stride` carries the
+            ``stride`` override; its ``manifest`` stays the file's).
+        bundle_stride: the slice stride the bundle's manifest declares (:attr:`stride`: the
+            one used).
         provider: the execution provider that was chosen (for Triton, the server, model and
             version, and ``+shm`` while system shared memory carries the tensors).
         last_latency: the :class:`LatencyReport` of the last call.
@@ -155,6 +172,7 @@ class Synthesizer:
     Raises:
         BundleError: the bundle is missing, malformed or altered.
         ProviderError: an unknown or unavailable provider.
+        InputError: a bad mode, or a stride outside 1..window depth.
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
@@ -164,7 +182,7 @@ class Synthesizer:
                  oblique: str = "refuse", hu_check: str = "refuse",
                  triton_url: str | None = None, triton_model: str | None = None,
                  triton_timeout_s: float | None = None,
-                 triton_shared_memory: str | None = None) -> None:
+                 triton_shared_memory: str | None = None, stride: int | None = None) -> None:
         if contrast_guard not in GUARD_MODES:
             raise InputError(f"contrast_guard must be one of {', '.join(GUARD_MODES)}, got "
                              f"{contrast_guard!r}")
@@ -185,8 +203,16 @@ class Synthesizer:
                                       os.environ.get("VCESDK_MEMORY_BUDGET_MB",
                                                      DEFAULT_MEMORY_BUDGET_MB))
 
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(
+        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(
             DEFAULT_BUNDLE if bundle is None else bundle)
+        self.bundle_stride = int(loaded.stride[0])  # the manifest's; self.stride: the one used
+        if stride is not None:
+            loaded = with_slice_stride(loaded, stride)  # InputError outside 1..window depth
+            if loaded.stride[0] != self.bundle_stride:
+                _logger.warning("bundle %s: slice stride %d overrides the bundle's stride %d "
+                                "(window depth %d)", loaded.name, loaded.stride[0],
+                                self.bundle_stride, loaded.window[0])
+        self.bundle = loaded
         # --- Triton (vcesdk.triton_client): a remote provider, outside the file-format
         # registry of vcesdk.backends; it runs alone and never falls back to local execution
         from .triton_client import DEFAULT_TIMEOUT_S, is_triton, open_triton
@@ -218,6 +244,12 @@ class Synthesizer:
         self.last_latency: LatencyReport | None = None
         _logger.info("bundle %s (%s, %s) running on %s", self.bundle.name, self.bundle.phase,
                      self.bundle.manifest["method"], self.provider)
+
+    @property
+    def stride(self) -> int:
+        """Slices between consecutive windows in this Synthesizer's runs (the override, or
+        the bundle's)."""
+        return int(self.bundle.stride[0])
 
     @property
     def provider(self) -> str:
@@ -364,5 +396,6 @@ class Synthesizer:
             model_s=model_s,
             median_ms_per_slice=1e3 * statistics.median(per_window) * n_windows / depth,
             end_to_end_ms_per_slice=1e3 * total / depth, prepare_s=t_prep - t0,
-            stitch_s=max(0.0, t_stitch - t_prep - model_s), compose_s=t_end - t_stitch)
+            stitch_s=max(0.0, t_stitch - t_prep - model_s), compose_s=t_end - t_stitch,
+            window=tuple(int(v) for v in window))  # type: ignore[arg-type]
         return result, auxiliary
