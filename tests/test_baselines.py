@@ -55,6 +55,31 @@ def test_planar_networks_are_slice_by_slice():
     assert r.discriminator == {} and not hasattr(create_method(small), "discriminator")
 
 
+def test_unet_norm_choice_and_field_of_view():
+    """InstanceNorm (the paper's) normalises each window by its own statistics, so one voxel's
+    output changes with the field of view around it; with BatchNorm (eval) or no norm a fully
+    convolutional U-Net gives the same output for the centre of a crop as for the same voxels
+    inside a larger window (away from the borders). zero_init starts at zero output."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 64, 64)
+    x[:, :, :, :, 32:] += 2.0   # the two halves differ, so the crop changes the statistics
+    diffs = {}
+    for norm in ("instance", "batch", "none"):
+        g = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=4, norm=norm,
+                                            strides=[[1, 2, 2], [1, 2, 2]])).eval()
+        with torch.no_grad():
+            full = g(x)[..., 16:32, 16:32]
+            crop = g(x[..., :, :48, :48])[..., 16:32, 16:32]
+        diffs[norm] = float((full - crop).abs().max())
+    assert diffs["instance"] > 1e-3
+    assert diffs["batch"] < 1e-5 and diffs["none"] < 1e-5
+    z = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=4, zero_init=True,
+                                        strides=[[1, 2, 2]]))
+    assert float(z(x).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="norm must be one of"):
+        create_generator("unet3d", dict(norm="group"))
+
+
 def test_2p5d_generator_sees_three_slices():
     g = create_generator("unet25d", dict(in_channels=3, out_channels=1, base=4,
                                          strides=[[2, 2], [2, 2]])).eval()

@@ -38,8 +38,20 @@ def add_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([out[:, :1] + x[:, :1], out[:, 1:]], dim=1)
 
 
-def _norm3d(channels: int) -> nn.Module:
-    return nn.InstanceNorm3d(channels, affine=True)
+NORMS = ("instance", "batch", "none")
+"""Feature normalisations of the U-Net blocks: "instance" (the paper's), "batch", "none"."""
+
+
+def _norm3d(channels: int, kind: str = "instance") -> nn.Module:
+    """The block's normalisation: InstanceNorm (Choi et al.; statistics of each window, so the
+    features depend on the field of view), BatchNorm (running statistics at inference) or none."""
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
 
 
 def _kernel_padding(stride: Sequence[int], planar: bool) -> tuple[tuple, tuple]:
@@ -55,26 +67,27 @@ class EncoderBlock3d(nn.Sequential):
     """Strided conv3d (kernel 4, padding 1) + LeakyReLU(0.2) + InstanceNorm (Choi et al.)."""
 
     def __init__(self, cin: int, cout: int, stride: Sequence[int], norm: bool = True,
-                 planar: bool = False) -> None:
+                 planar: bool = False, norm_kind: str = "instance") -> None:
         kernel, padding = _kernel_padding(stride, planar)
         layers: list[nn.Module] = [
             nn.Conv3d(cin, cout, kernel, stride=tuple(stride), padding=padding),
             nn.LeakyReLU(0.2, inplace=True)]
         if norm:
-            layers.append(_norm3d(cout))
+            layers.append(_norm3d(cout, norm_kind))
         super().__init__(*layers)
 
 
 class DecoderBlock3d(nn.Module):
     """Nearest upsample + conv3d (resize-convolution) + ReLU + InstanceNorm, then skip concat."""
 
-    def __init__(self, cin: int, cout: int, scale: Sequence[int], planar: bool = False) -> None:
+    def __init__(self, cin: int, cout: int, scale: Sequence[int], planar: bool = False,
+                 norm_kind: str = "instance") -> None:
         super().__init__()
         self.scale = tuple(float(s) for s in scale)
         kernel, padding = _kernel_padding((1, 1, 1), planar)
         self.conv = nn.Conv3d(cin, cout, kernel, padding=padding)
         self.act = nn.ReLU(inplace=True)
-        self.norm = _norm3d(cout)
+        self.norm = _norm3d(cout, norm_kind)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
@@ -98,6 +111,11 @@ class UNet3D(nn.Module):
         residual: output channel 0 = input channel 0 + the network's (Tanh) output, the last
             conv zero-initialised so training starts at the identity (our option, not the
             paper's; the first input window must be the output's).
+        norm: "instance" (the paper's), "batch" or "none" (see :data:`NORMS`; InstanceNorm
+            normalises each window by its own statistics, so a network trained on crops sees
+            other statistics on the whole-plane windows of inference).
+        zero_init: zero the last conv (our option): a residual *target* (sCECT - NCCT) then
+            starts at "no enhancement", as ``residual`` starts an image target at the identity.
 
     Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
     of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
@@ -105,8 +123,11 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,
-                 max_channels: int = 512, planar: bool = False, residual: bool = False) -> None:
+                 max_channels: int = 512, planar: bool = False, residual: bool = False,
+                 norm: str = "instance", zero_init: bool = False) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.residual = bool(residual)
         strides = [tuple(int(v) for v in s) for s in strides]
         if not strides or any(len(s) != 3 or any(v not in (1, 2) for v in s) for s in strides):
@@ -119,18 +140,20 @@ class UNet3D(nn.Module):
         self.encoders = nn.ModuleList()
         cin = in_channels
         for i, (c, s) in enumerate(zip(chans, strides)):
-            self.encoders.append(EncoderBlock3d(cin, c, s, norm=i > 0, planar=planar))
+            self.encoders.append(EncoderBlock3d(cin, c, s, norm=i > 0, planar=planar,
+                                                norm_kind=norm))
             cin = c
         self.decoders = nn.ModuleList()
         # decoder i upsamples the output of level n-i and concatenates encoder level n-i-1
         for i in range(len(strides) - 1, 0, -1):
             cout = chans[i - 1]
-            self.decoders.append(DecoderBlock3d(cin, cout, strides[i], planar=planar))
+            self.decoders.append(DecoderBlock3d(cin, cout, strides[i], planar=planar,
+                                                norm_kind=norm))
             cin = cout + chans[i - 1]
         self.final_scale = tuple(float(v) for v in strides[0])
         kernel, padding = _kernel_padding((1, 1, 1), planar)
         self.final = nn.Conv3d(cin, out_channels, kernel, padding=padding)
-        if self.residual:
+        if self.residual or zero_init:
             zero_last_conv(self)
 
     def size_multiple(self) -> tuple[int, int, int]:
@@ -195,9 +218,11 @@ class UNet2D(UNet3D):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512,
-                 residual: bool = False) -> None:
+                 residual: bool = False, norm: str = "instance", zero_init: bool = False
+                 ) -> None:
         super().__init__(in_channels, out_channels, base, [(1, *s) for s in strides],
-                         max_channels, planar=True, residual=residual)
+                         max_channels, planar=True, residual=residual, norm=norm,
+                         zero_init=zero_init)
 
 
 @register_discriminator("patchgan2d")
