@@ -300,7 +300,7 @@ class _Pair:
 
     inp: _Region | None = None
     out: _Region | None = None
-    registered: bool = False
+    registered: bool = True   # False once the server said it lost them (it restarted)
 
 
 class _ShmPool:
@@ -336,6 +336,15 @@ class _ShmPool:
         with self.lock:
             if all(r is None or r.name in self.regions for r in (pair.inp, pair.out)):
                 self.free.append(pair)
+
+
+def _unregister_quietly(client: Any, name: str) -> None:
+    """Unregister region `name` from the server, ignoring any failure (best-effort cleanup:
+    :func:`_release_pool` unlinks the files at the latest)."""
+    try:
+        client.unregister_system_shared_memory(name)
+    except Exception:  # noqa: BLE001 - tritonclient raises several kinds
+        _logger.debug("could not unregister shared memory %s", name)
 
 
 def _release_pool(pool: _ShmPool) -> None:
@@ -545,17 +554,12 @@ class TritonBackend:
                            lambda: self._client().register_system_shared_memory(
                                region.name, region.key, region.byte_size))
                 pool.registered.add(region.name)
-            if len(small) == len(need):  # both new; else a lost registration stays marked
-                pair.registered = True
             return pair
         except (TritonError, OSError) as exc:
             for region in (pair.inp, pair.out):
                 if region is not None:
                     if region.name in pool.registered:
-                        try:
-                            self._client().unregister_system_shared_memory(region.name)
-                        except Exception:  # noqa: BLE001 - released on close at the latest
-                            pass
+                        _unregister_quietly(self._client(), region.name)
                     pool.forget(region)
             self._shm_unavailable(str(exc))
             return None
@@ -563,10 +567,7 @@ class TritonBackend:
     def _register_again(self, client: Any, pair: _Pair) -> None:
         """Register both regions of `pair` again (the server lost them: it restarted)."""
         for region in (pair.inp, pair.out):
-            try:
-                client.unregister_system_shared_memory(region.name)
-            except Exception:  # noqa: BLE001 - not registered: what we expect
-                pass
+            _unregister_quietly(client, region.name)  # not registered: what we expect
             client.register_system_shared_memory(region.name, region.key, region.byte_size)
         pair.registered = True
 
