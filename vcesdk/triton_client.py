@@ -348,7 +348,7 @@ def _unregister_quietly(client: Any, name: str) -> None:
 
 
 def _release_pool(pool: _ShmPool) -> None:
-    """Unregister every region of `pool` from the server (best effort, 2 s) and unlink it.
+    """Unlink every region of `pool`, then unregister it from the server (best effort, 2 s).
     Runs once: from :meth:`TritonBackend.close`, when the backend is garbage collected, or at
     interpreter exit; in a forked child it leaves the parent's regions alone."""
     if os.getpid() != pool.pid:
@@ -359,6 +359,8 @@ def _release_pool(pool: _ShmPool) -> None:
         pool.regions.clear()
         pool.registered.clear()
         pool.free.clear()
+    for region in regions:  # the files first: nothing stays in /dev/shm whatever the server
+        region.destroy()     # does (it keeps its own mapping until it unregisters)
     if registered:
         client = None
         try:
@@ -381,8 +383,6 @@ def _release_pool(pool: _ShmPool) -> None:
                     client.close()
                 except Exception:  # noqa: BLE001
                     pass
-    for region in regions:
-        region.destroy()
 
 
 class TritonBackend:
