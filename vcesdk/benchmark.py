@@ -8,9 +8,9 @@ CT from disk, ``Synthesizer.synthesize``, write the synthetic series. One warm-u
 slices. Reported per backend: median and 90th percentile of that over the passes, model-only
 ms per slice (median window time x windows / slices, :class:`~vcesdk.runtime.LatencyReport`),
 throughput (slices per second at the median), peak RSS, and the time per slice of each
-stage: read, prepare (reorient, resample, windowing), model, stitch (overlap averaging),
-compose (HU, composition, resample back), write. ``outside_model_fraction`` = 1 - model /
-end to end (median over passes).
+stage: read, prepare (input checks and contrast guard, reorient, resample, windowing), model,
+stitch (overlap averaging), compose (HU, composition, resample back), write.
+``outside_model_fraction`` = 1 - model / end to end (median over passes).
 
 Peak GPU memory (``peak_gpu_mb``, MB = 10^6 bytes; details in ``gpu_memory``) for backends
 that run on a CUDA GPU (the device column of :data:`vcesdk.formats.FORMATS`), from the

@@ -4,8 +4,10 @@ vcesdk models take a non-contrast CT (NCCT). Run on an enhanced scan they add co
 second time, and the result looks plausible: the guard measures the blood pool and warns or
 refuses before that happens.
 
-Method (no model, no segmentation network; SimpleITK filters on a 1.5 mm in-plane copy of at
-most :data:`MAX_SLICES` evenly spaced axial slices):
+Method (no model, no segmentation network; box statistics, connected components and ring
+tests on a 1.5 mm in-plane copy of at most :data:`MAX_SLICES` evenly spaced axial slices, all
+slices in one pass: :func:`_stack_blood_pool`; tests/test_outside_model.py keeps the
+slice-by-slice SimpleITK reference it matches):
 
 1. *Lumen candidates*: pixels whose 7.5 mm box mean lies in :data:`LUMEN_HU` and whose box
    standard deviation is below ``25 + 0.1 x mean`` HU (homogeneous, like a vessel lumen or a
@@ -88,46 +90,97 @@ class ContrastEstimate:
                 f"{self.slices_with_blood_pool}/{self.slices_sampled} sampled slices ({native})")
 
 
-def _slice_blood_pool(hu: np.ndarray) -> list[tuple[float, float]]:
-    """(area cm^2, median HU) of each blood-pool region of one axial slice, (H, W) HU at
-    :data:`PIXEL_MM`."""
+def _box_mean_sd(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane box mean and standard deviation of each slice, as SimpleITK's ``Mean`` and
+    ``Noise`` filters with radius :data:`_BOX_RADIUS` compute them on one 2D slice (edge pixels
+    repeated beyond the border, sums in float64, variance with n - 1), for all slices at once.
+
+    The sums are separable (rows, then columns) instead of ITK's pixel-by-pixel neighbourhood
+    loop: the same values up to float64 rounding (relative 1e-16), then rounded to float32.
+
+    Args:
+        stack: float32 (n, H, W) HU.
+
+    Returns:
+        (mean, sd): float32 (n, H, W) each, HU.
+    """
+    r = _BOX_RADIUS
+    k = 2 * r + 1
+    num = float(k * k)
+    h, w = stack.shape[1:]
+    padded = np.pad(stack.astype(np.float64), ((0, 0), (r, r), (r, r)), mode="edge")
+    squared = padded * padded
+    sums = []
+    for a in (padded, squared):
+        rows = a[:, :, 0:w].copy()
+        for i in range(1, k):
+            rows += a[:, :, i:i + w]
+        total = rows[:, 0:h].copy()
+        for j in range(1, k):
+            total += rows[:, j:j + h]
+        sums.append(total)
+    s, s2 = sums
+    mean = (s / num).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # a tiny negative variance gives NaN, as in ITK
+        sd = np.sqrt((s2 - s * s / num) / (num - 1.0)).astype(np.float32)
+    return mean, sd
+
+
+def _stack_blood_pool(hu: np.ndarray) -> list[list[tuple[float, float]]]:
+    """The blood-pool regions of every slice of a stack in one pass: box statistics for all
+    slices at once (:func:`_box_mean_sd`), one 2D connected-component labelling of all slices
+    (a 3D image with an empty slice between consecutive slices, so that no component crosses
+    from one slice to the next) and one shape-statistics pass; only the ring test runs per
+    region, on the region's bounding box. Same regions, areas and medians, in the same order,
+    as SimpleITK's Mean / Noise / ConnectedComponent slice by slice (the reference in
+    tests/test_outside_model.py).
+
+    Args:
+        hu: float32 (n, H, W) axial slices, HU, at :data:`PIXEL_MM` in-plane.
+
+    Returns:
+        One list per slice of (area cm^2, median HU) of its blood-pool regions.
+    """
     import SimpleITK as sitk
 
-    def image(a: np.ndarray):
-        img = sitk.GetImageFromArray(a)
-        img.SetSpacing((PIXEL_MM, PIXEL_MM))
-        return img
-
-    img = image(hu)
-    mean = sitk.GetArrayFromImage(sitk.Mean(img, [_BOX_RADIUS] * 2))
-    sd = sitk.GetArrayFromImage(sitk.Noise(img, [_BOX_RADIUS] * 2))
+    n = hu.shape[0]
+    found: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+    mean, sd = _box_mean_sd(hu)
     cand = (mean > LUMEN_HU[0]) & (mean < LUMEN_HU[1]) & (sd < 25.0 + 0.1 * mean)
     if not cand.any():
-        return []
-    labels = sitk.ConnectedComponent(image(cand.astype(np.uint8)))
+        return found
+    spread = np.zeros((2 * n - 1, *hu.shape[1:]), dtype=np.uint8)
+    spread[::2] = cand
+    img = sitk.GetImageFromArray(spread)
+    img.SetSpacing((PIXEL_MM, PIXEL_MM, 1.0))
+    labels = sitk.ConnectedComponent(img)  # face connectivity: in-plane 4-neighbours only
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(labels)
     lab = sitk.GetArrayFromImage(labels)
     inner_r, outer_r = (int(round(mm / PIXEL_MM)) for mm in _RING_MM)
-    found = []
+    regions = []
     for label in stats.GetLabels():
-        area = stats.GetPhysicalSize(label) / 100.0
+        x0, y0, z2, w, h, _ = stats.GetBoundingBox(label)
+        regions.append((z2 // 2, label, x0, y0, w, h))
+    regions.sort(key=lambda r: r[:2])  # slice by slice; within a slice in raster order
+    for z, label, x0, y0, w, h in regions:
+        area = stats.GetPhysicalSize(label) / 100.0  # pixels x 1.5 x 1.5 x 1 mm
         if not AREA_CM2[0] <= area <= AREA_CM2[1]:
             continue
-        comp = lab == label
-        # the ring is cut from the component's bounding box grown by the outer radius
-        x0, y0, w, h = stats.GetBoundingBox(label)
-        ys = slice(max(0, y0 - outer_r), min(hu.shape[0], y0 + h + outer_r))
-        xs = slice(max(0, x0 - outer_r), min(hu.shape[1], x0 + w + outer_r))
-        sub = image(comp[ys, xs].astype(np.uint8))
+        ys = slice(max(0, y0 - outer_r), min(hu.shape[1], y0 + h + outer_r))
+        xs = slice(max(0, x0 - outer_r), min(hu.shape[2], x0 + w + outer_r))
+        comp = lab[2 * z, ys, xs] == label
+        window = hu[z, ys, xs]
+        sub = sitk.GetImageFromArray(comp.astype(np.uint8))
+        sub.SetSpacing((PIXEL_MM, PIXEL_MM))
         outer = sitk.GetArrayFromImage(sitk.BinaryDilate(sub, [outer_r] * 2)) > 0
         inner = sitk.GetArrayFromImage(sitk.BinaryDilate(sub, [inner_r] * 2)) > 0
-        ring = hu[ys, xs][outer & ~inner]
+        ring = window[outer & ~inner]
         if ring.size == 0:
             continue
-        med = float(np.median(hu[comp]))
+        med = float(np.median(window[comp]))
         if np.mean(ring > med + 50.0) < 0.05 and np.mean(ring < med - 100.0) > 0.6:
-            found.append((area, med))
+            found[z].append((area, med))
     return found
 
 
@@ -152,13 +205,14 @@ def estimate_contrast(vol: CTVolume, max_slices: int = MAX_SLICES) -> ContrastEs
                       .round().astype(int))
     # sampled slices only, padding and non-finite values as air, brought to PIXEL_MM in-plane
     # (the z spacing is irrelevant here)
-    hu = np.nan_to_num(work.hu[picks], nan=-1024.0, posinf=3071.0, neginf=-1024.0)
+    hu = work.hu[picks]
+    if not np.isfinite(hu).all():  # one pass: the runtime has already refused such inputs
+        hu = np.nan_to_num(hu, nan=-1024.0, posinf=3071.0, neginf=-1024.0)
     sub = CTVolume(hu=np.maximum(hu, np.float32(-1024.0)), spacing_zyx_mm=(1.0, *work.spacing_zyx_mm[1:]),
                    origin_xyz_mm=work.origin_xyz_mm, direction=work.direction)
     sub = resample_volume(sub, (1.0, PIXEL_MM, PIXEL_MM), default_hu=-1024.0)
     areas, meds, hits = [], [], 0
-    for k in range(sub.shape[0]):
-        regions = _slice_blood_pool(sub.hu[k])
+    for regions in _stack_blood_pool(sub.hu):
         hits += bool(regions)
         for area, med in regions:
             areas.append(area)

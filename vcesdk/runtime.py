@@ -63,7 +63,8 @@ class LatencyReport:
         median_ms_per_slice: median model time per window, times windows per input slice: the
             model's cost of one output slice, ms.
         end_to_end_ms_per_slice: total_s / slices, ms (includes resampling, windowing, stitch).
-        prepare_s: reorientation, resampling, HU windowing to channels and padding, seconds.
+        prepare_s: the input checks (obliquity, finite values, HU check, contrast guard),
+            reorientation, resampling, HU windowing to channels and padding, seconds.
         stitch_s: sliding-window bookkeeping and overlap averaging (window batches, the
             native kernel), seconds: time inside the sliding window outside the model.
         compose_s: output channel to HU, composition with the input, resampling back,

@@ -143,7 +143,11 @@ def resample_volume(vol: CTVolume, spacing_mm: Sequence[float], size: Sequence[i
     f.SetDefaultPixelValue(float(default_hu))
     f.SetOutputPixelType(sitk.sitkFloat32)
     if reference is not None:
-        f.SetReferenceImage(reference.to_sitk())
+        # the reference's grid only: its voxels are never copied into an image
+        f.SetSize([int(n) for n in reversed(reference.shape)])
+        f.SetOutputSpacing(tuple(float(v) for v in reference.spacing_xyz_mm))
+        f.SetOutputOrigin(tuple(float(v) for v in reference.origin_xyz_mm))
+        f.SetOutputDirection(tuple(float(v) for v in reference.direction.ravel()))
     else:
         new_spacing = tuple(float(s) for s in spacing_mm)
         if size is None:

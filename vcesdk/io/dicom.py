@@ -481,6 +481,15 @@ def _new_uid() -> str:
     return generate_uid()
 
 
+def _int16_slice(hu: np.ndarray) -> np.ndarray:
+    """One slice, float32 (H, W) HU, rounded half to even and clipped to int16 (H, W), one slice
+    at a time so that the whole volume is never copied."""
+    out = np.rint(hu)
+    np.maximum(out, np.float32(-32768), out=out)
+    np.minimum(out, np.float32(32767), out=out)
+    return out.astype(np.int16)
+
+
 def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume | None = None,
                        series_description: str = "SYNTHETIC",
                        series_number: int | None = None) -> list[Path]:
@@ -524,7 +533,6 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
     row_dir, col_dir, normal = direction[:, 0], direction[:, 1], direction[:, 2]
     origin = np.asarray(vol.origin_xyz_mm, dtype=np.float64)
     dz, dy, dx = vol.spacing_zyx_mm
-    pixels = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
     paths = []
     for k in range(vol.shape[0]):
         meta = FileMetaDataset()
@@ -612,7 +620,7 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
         ds.RescaleType = "HU"
         ds.WindowCenter = "50"
         ds.WindowWidth = "400"
-        ds.PixelData = pixels[k].tobytes()
+        ds.PixelData = _int16_slice(vol.hu[k]).tobytes()
         path = folder / f"IM{k + 1:05d}.dcm"
         try:
             ds.save_as(path, enforce_file_format=True)
