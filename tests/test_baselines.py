@@ -25,15 +25,20 @@ def _short(name: str, steps: int):
 @pytest.mark.parametrize("name", ["unet_l1_small", "pix2pix2d_small", "pix2pix25d_small",
                                   "pix2pix3d_small"])
 def test_small_baseline_trains(name, tmp_path):
+    """Every small baseline generator is zero-initialised (norm none + zero_init: it starts
+    as the NCCT identity, its first validation MAE equals the identity's); after 100 steps its
+    validation MAE on an unseen phantom is at least 0.5 HU below the identity's (measured here:
+    U-Net L1 19.34 -> 18.17 HU, pix2pix 2D / 2.5D / 3D 19.34 -> 18.44 / 18.43 / 18.43). The
+    batch L1 is not asserted: each batch is other windows, and the start is already close."""
     torch.set_num_threads(2)
-    trainer = Trainer(_short(name, 60), tmp_path / name, progress=False)
+    trainer = Trainer(_short(name, 100), tmp_path / name, progress=False)
+    assert trainer.recipe.generator["config"]["zero_init"] is True
     before = trainer.validate()
     history = trainer.fit()
     after = trainer.validate()
-    l1 = np.array([h["l1"] for h in history])
-    assert l1[-10:].mean() < 0.7 * l1[:10].mean()
-    # validation MAE in HU on an unseen phantom falls from the untrained network's
-    assert after["val_mae_hu"] < before["val_mae_hu"]
+    assert before["val_mae_hu"] == pytest.approx(before["val_mae_hu_ncct"], abs=1e-3)
+    assert np.isfinite([h["l1"] for h in history]).all()
+    assert after["val_mae_hu"] < after["val_mae_hu_ncct"] - 0.5
     ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
     assert ckpt["network"]["name"] == trainer.recipe.generator["name"]
     assert ("discriminator" in ckpt) == (name != "unet_l1_small")

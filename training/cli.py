@@ -7,6 +7,7 @@ bundle (ONNX + parity) in the same command.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -94,13 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(recipe, args.out, resume=not args.no_resume, data=args.data,
                           misaligned_truth=args.misaligned_truth, unpaired=unpaired)
         history = trainer.fit()
-        if trainer.world > 1:
+        step, rank, world = trainer.step, trainer.rank, trainer.world
+        if world > 1:
             torch.distributed.barrier()
+            # the networks, wrappers and loaders go while the interpreter is whole, then the
+            # group: a gloo group still referenced at interpreter exit can abort the process
+            # ("terminate called without an active exception", seen once in 2-process runs)
+            del trainer
+            gc.collect()
             torch.distributed.destroy_process_group()
-            if trainer.rank != 0:
+            if rank != 0:
                 return 0
         last_val = next((h for h in reversed(history) if "val_mae_hu" in h), None)
-        print(f"trained {recipe.name} to step {trainer.step}; checkpoint "
+        print(f"trained {recipe.name} to step {step}; checkpoint "
               f"{Path(args.out) / 'checkpoint.pt'}")
         if last_val:
             print(f"validation MAE {last_val['val_mae_hu']:.2f} HU (NCCT identity "

@@ -243,18 +243,19 @@ def count_parameters(model: nn.Module) -> int:
 class UNet25D(nn.Module):
     """pix2pix 2.5D generator (001_f4ce1725ceedd708.txt and 003's 2.5D baseline): each output
     slice is predicted by a 2D U-Net from that slice and its two neighbours stacked as
-    channels (3 x in_channels); the first and last slice repeat their edge neighbour.
+    channels (3 x in_channels); the first and last slice repeat their edge neighbour. `norm`
+    and `zero_init` as for :class:`UNet3D`.
 
     Shapes: (B, in_channels, d, h, w) -> (B, out_channels, d, h, w), any d >= 1.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512,
-                 context: int = 1) -> None:
+                 context: int = 1, norm: str = "instance", zero_init: bool = False) -> None:
         super().__init__()
         self.context = int(context)
         self.net = UNet2D(in_channels * (2 * self.context + 1), out_channels, base, strides,
-                          max_channels)
+                          max_channels, norm=norm, zero_init=zero_init)
 
     def size_multiple(self) -> tuple[int, int, int]:
         return self.net.size_multiple()
