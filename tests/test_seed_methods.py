@@ -92,9 +92,11 @@ def test_mangan_cycle_loss_is_eq1():
     F(y) in the second term (not from x), and F without a mask."""
     torch.manual_seed(0)
     # the paper's plain generator output (no residual: a residual G starts as the identity and
-    # the cycle terms start at 0), instance norm (batch statistics differ slice by slice)
+    # the cycle terms start at 0), instance norms (batch statistics differ slice by slice; an
+    # unnormalised MaskNet starts near 0, so both masks of the check below would be ~0)
     method = create_method(_short("mangan_small", 1).with_overrides(
-        sets=["generator.config.residual=false", "generator.config.norm=instance"]))
+        sets=["generator.config.residual=false", "generator.config.norm=instance",
+              "generator.config.feature_norm=instance"]))
     assert isinstance(method, ManGan)
     x = torch.rand(2, 1, 2, 32, 32) * 2 - 1
     y = torch.rand(2, 1, 2, 32, 32) * 2 - 1
@@ -129,7 +131,12 @@ def test_mangan_refuses_a_recipe_with_another_output_window():
 def test_mangan_small_trains_exports_and_writes_the_subtraction_map(tmp_path, lung1_path):
     from vcesdk import CTVolume, Synthesizer, load_bundle
 
-    trainer = Trainer(_short("mangan_small", 60), tmp_path / "run", progress=False)
+    # the paper's InstanceNorm in the ResNet layers: at this test's 60 steps x lr 2e-3 the
+    # recipe's unnormalised generator (feature_norm none, better over its own 1500 steps at
+    # 1e-4: README held-out table) has not left the identity yet (measured: l1 ratio 1.01,
+    # validation 19.34 -> 19.33 HU), so the losses below would not move
+    trainer = Trainer(_short("mangan_small", 60).with_overrides(
+        sets=["generator.config.feature_norm=instance"]), tmp_path / "run", progress=False)
     before = trainer.validate()
     # the residual generator starts as the identity: before training the model is the NCCT
     assert before["val_mae_hu"] == pytest.approx(before["val_mae_hu_ncct"], abs=1e-3)

@@ -39,16 +39,22 @@ def add_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 NORMS = ("instance", "batch", "none")
-"""Feature normalisations of the U-Net blocks: "instance" (the paper's), "batch", "none"."""
+"""Feature normalisations of the generators: "instance" (the papers'; statistics of each window,
+so the features depend on the field of view: a network trained on crops sees other statistics
+on whole planes), "batch" (running statistics at inference) or "none"."""
 
 
-def _norm3d(channels: int, kind: str = "instance") -> nn.Module:
-    """The block's normalisation: InstanceNorm (Choi et al.; statistics of each window, so the
-    features depend on the field of view), BatchNorm (running statistics at inference) or none."""
+def norm_layer(channels: int, kind: str = "instance", dims: int = 3) -> nn.Module:
+    """The normalisation `kind` (one of :data:`NORMS`) for `dims`-D (2 or 3) feature maps of
+    `channels` channels: InstanceNorm (affine), BatchNorm or identity.
+
+    Raises:
+        ValueError: an unknown `kind`.
+    """
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
     if kind == "batch":
-        return nn.BatchNorm3d(channels)
+        return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
@@ -73,7 +79,7 @@ class EncoderBlock3d(nn.Sequential):
             nn.Conv3d(cin, cout, kernel, stride=tuple(stride), padding=padding),
             nn.LeakyReLU(0.2, inplace=True)]
         if norm:
-            layers.append(_norm3d(cout, norm_kind))
+            layers.append(norm_layer(cout, norm_kind))
         super().__init__(*layers)
 
 
@@ -87,7 +93,7 @@ class DecoderBlock3d(nn.Module):
         kernel, padding = _kernel_padding((1, 1, 1), planar)
         self.conv = nn.Conv3d(cin, cout, kernel, padding=padding)
         self.act = nn.ReLU(inplace=True)
-        self.norm = _norm3d(cout, norm_kind)
+        self.norm = norm_layer(cout, norm_kind)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")

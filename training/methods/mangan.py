@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..networks import norm_layer
 from ..registry import create_discriminator, create_generator, register_generator, register_method
 from ..slicewise import SliceWise
 from .base import Method, adam_with_decay, conditional_d_loss, conditional_g_gan, require_same_window
@@ -45,18 +46,15 @@ if TYPE_CHECKING:
     from ..recipe import Recipe
 
 
-def _in(c: int) -> nn.Module:
-    return nn.InstanceNorm2d(c, affine=True)
-
-
 class ResBlock(nn.Module):
     """pix2pix residual block: reflect-pad 3x3 conv, norm, ReLU, 3x3 conv, norm; x + block."""
 
-    def __init__(self, c: int) -> None:
+    def __init__(self, c: int, feature_norm: str = "instance") -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), _in(c), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), _in(c))
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm_layer(c, feature_norm, 2),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm_layer(c, feature_norm, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -119,26 +117,29 @@ class ResnetGenerator2d(nn.Module):
     Tanh. (N, in_channels, h, w) -> (N, out_channels, h, w), h and w multiples of 4.
 
     With ``mask_adaptive`` the residual blocks are :class:`MABlock` and forward takes the mask.
+    `norm` is MANorm's; `feature_norm` that of the other layers (one of
+    :data:`~vcesdk.training.networks.NORMS`).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 64,
                  blocks: int = 9, mask_adaptive: bool = False, hidden: int = 64,
-                 norm: str = "instance") -> None:
+                 norm: str = "instance", feature_norm: str = "instance") -> None:
         super().__init__()
         c = base
+        f = feature_norm
         self.head = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c, 7), _in(c), nn.ReLU(True),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), _in(2 * c), nn.ReLU(True),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), _in(4 * c), nn.ReLU(True))
+            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c, 7), norm_layer(c, f, 2), nn.ReLU(True),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm_layer(2 * c, f, 2), nn.ReLU(True),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), norm_layer(4 * c, f, 2), nn.ReLU(True))
         self.mask_adaptive = mask_adaptive
         self.blocks = nn.ModuleList(MABlock(4 * c, hidden, norm) if mask_adaptive
-                                    else ResBlock(4 * c)
+                                    else ResBlock(4 * c, f)
                                     for _ in range(blocks))
         self.tail = nn.Sequential(
             nn.ConvTranspose2d(4 * c, 2 * c, 3, stride=2, padding=1, output_padding=1),
-            _in(2 * c), nn.ReLU(True),
+            norm_layer(2 * c, f, 2), nn.ReLU(True),
             nn.ConvTranspose2d(2 * c, c, 3, stride=2, padding=1, output_padding=1),
-            _in(c), nn.ReLU(True),
+            norm_layer(c, f, 2), nn.ReLU(True),
             nn.ReflectionPad2d(3), nn.Conv2d(c, out_channels, 7), nn.Tanh())
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,9 +154,10 @@ class MaskNet(nn.Module):
     bottleneck, decoder (two transposed convs, 7x7 conv, Tanh): the subtraction image in
     [-1, 1]. (N, in_channels, h, w) -> (N, 1, h, w)."""
 
-    def __init__(self, in_channels: int = 1, base: int = 32, blocks: int = 3) -> None:
+    def __init__(self, in_channels: int = 1, base: int = 32, blocks: int = 3,
+                 feature_norm: str = "instance") -> None:
         super().__init__()
-        self.net = ResnetGenerator2d(in_channels, 1, base, blocks)
+        self.net = ResnetGenerator2d(in_channels, 1, base, blocks, feature_norm=feature_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -172,6 +174,9 @@ class ManGanGenerator(SliceWise):
         mask_base: MaskNet width.
         hidden: MANorm's hidden conv channels.
         norm: MANorm's normalisation, "batch" (the paper) or "instance".
+        feature_norm: the other layers' normalisation in MaskNet and the generator,
+            "instance" (pix2pix's, the paper's), "batch" or "none" (one of
+            :data:`~vcesdk.training.networks.NORMS`).
         residual: channel 0 = the input window + the generator's output (last conv zeroed:
             starts as the identity); our option (METHOD-REVIEW: +6.8 dB at the small size).
         context: neighbouring slices per side fed to MaskNet and the generator as channels
@@ -183,16 +188,17 @@ class ManGanGenerator(SliceWise):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, base: int = 64,
                  blocks: int = 9, mask_base: int = 32, hidden: int = 64,
-                 norm: str = "instance", residual: bool = False, context: int = 0) -> None:
+                 norm: str = "instance", residual: bool = False, context: int = 0,
+                 feature_norm: str = "instance") -> None:
         super().__init__()
         if out_channels != 2:
             raise ValueError(f"mangan returns (sCECT, subtraction): out_channels must be 2, "
                              f"got {out_channels}")
         self.context = int(context)
         cin = in_channels * (2 * self.context + 1)
-        self.masknet = MaskNet(cin, mask_base)
+        self.masknet = MaskNet(cin, mask_base, feature_norm=feature_norm)
         self.net = ResnetGenerator2d(cin, 1, base, blocks, mask_adaptive=True,
-                                     hidden=hidden, norm=norm)
+                                     hidden=hidden, norm=norm, feature_norm=feature_norm)
         self.set_residual(residual)
 
     def size_multiple(self) -> tuple[int, int, int]:
