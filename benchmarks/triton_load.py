@@ -62,6 +62,7 @@ def _run(url: str, bundle: str, vol, clients: int, rounds: int, shared_memory: s
 
 def main(argv: list[str] | None = None) -> int:
     from vcesdk.export.triton import write_triton_repository
+    from vcesdk.triton_client import SHARED_MEMORY_MODES
     from vcesdk.triton_server import TritonServer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", default=str(sample_ct()))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--shared-memory", default="auto", choices=["auto", "system", "off"])
+    p.add_argument("--shared-memory", default="auto", choices=SHARED_MEMORY_MODES)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     vol = vcesdk.read_volume(args.input)

@@ -10,8 +10,7 @@ import pytest
 import vcesdk
 from vcesdk import contrast
 from vcesdk.data import sample_ct
-from vcesdk.io.dicom import _int16_slice
-from vcesdk.volume import CTVolume, resample_volume
+from vcesdk.volume import CTVolume, hu_to_int16, resample_volume
 
 from conftest import CHEST_CTA, shared
 
@@ -150,5 +149,5 @@ def test_int16_slice_rounds_and_clips_as_before():
     hu = np.array([[-40000.0, -32768.6, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 32767.4, 32767.6,
                     1e9, 12.49]], dtype=np.float32)
     want = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
-    got = _int16_slice(hu)
+    got = hu_to_int16(hu)
     assert got.dtype == np.int16 and np.array_equal(got, want)

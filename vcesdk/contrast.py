@@ -97,6 +97,9 @@ def _box_mean_sd(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The sums are separable (rows, then columns) instead of ITK's pixel-by-pixel neighbourhood
     loop: the same values up to float64 rounding (relative 1e-16), then rounded to float32.
+    Not SimpleITK's own Mean / Noise with radius (2, 2, 0) on the stack (identical values): that
+    measured 2-3x slower here (24 x 330 x 330: 0.23 s against 0.08 s), and this runs on every
+    synthesize.
 
     Args:
         stack: float32 (n, H, W) HU.

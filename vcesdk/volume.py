@@ -22,6 +22,15 @@ import numpy as np
 from .errors import InputError, VolumeReadError
 
 
+def hu_to_int16(hu: np.ndarray) -> np.ndarray:
+    """float HU of any shape rounded half to even and clipped to int16 (the stored values of
+    CT files); works in one array the size of `hu`, so callers convert slice by slice where
+    a whole-volume copy is not wanted."""
+    out = np.rint(hu)
+    np.clip(out, -32768, 32767, out=out)
+    return out.astype(np.int16)
+
+
 @dataclasses.dataclass
 class CTVolume:
     """A CT volume in Hounsfield units with its patient-space geometry.
@@ -96,7 +105,7 @@ class CTVolume:
         """This volume as a SimpleITK image (float32 HU, or int16 HU rounded), same geometry."""
         import SimpleITK as sitk
 
-        arr = np.clip(np.rint(self.hu), -32768, 32767).astype(np.int16) if int16 else self.hu
+        arr = hu_to_int16(self.hu) if int16 else self.hu
         img = sitk.GetImageFromArray(arr)
         img.SetSpacing(self.spacing_xyz_mm)
         img.SetOrigin(self.origin_xyz_mm)

@@ -31,7 +31,7 @@ from ..errors import (
     VolumeReadError,
     VolumeWriteError,
 )
-from ..volume import CTVolume
+from ..volume import CTVolume, hu_to_int16
 
 _logger = logging.getLogger(__name__)
 
@@ -481,15 +481,6 @@ def _new_uid() -> str:
     return generate_uid()
 
 
-def _int16_slice(hu: np.ndarray) -> np.ndarray:
-    """One slice, float32 (H, W) HU, rounded half to even and clipped to int16 (H, W), one slice
-    at a time so that the whole volume is never copied."""
-    out = np.rint(hu)
-    np.maximum(out, np.float32(-32768), out=out)
-    np.minimum(out, np.float32(32767), out=out)
-    return out.astype(np.int16)
-
-
 def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume | None = None,
                        series_description: str = "SYNTHETIC",
                        series_number: int | None = None) -> list[Path]:
@@ -620,7 +611,7 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
         ds.RescaleType = "HU"
         ds.WindowCenter = "50"
         ds.WindowWidth = "400"
-        ds.PixelData = _int16_slice(vol.hu[k]).tobytes()
+        ds.PixelData = hu_to_int16(vol.hu[k]).tobytes()  # slice by slice: no volume copy
         path = folder / f"IM{k + 1:05d}.dcm"
         try:
             ds.save_as(path, enforce_file_format=True)
