@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from vcesdk.training.datacli import generate
 from vcesdk.training.evaluate import main as eval_main
-from vcesdk.training.metrics import image_metrics
+from vcesdk.training.metrics import image_metrics, noise_decomposition
 
 import vcesdk
 
@@ -60,11 +60,47 @@ def test_report_schema_and_identity_baseline(held_out, tmp_path, capsys):
              for pid in pvp["cases"]]
     assert oracle["psnr"]["mean"] == pytest.approx(np.mean([c["psnr"] for c in clean]),
                                                    rel=1e-6)
+    # the error against the noise-free truth, split: the identity passes all of its noise
+    noise = pvp["noise_decomposition"]
+    assert set(noise) == {"ncct_identity", "vcesdk-demo-pvp"}
+    assert noise["ncct_identity"]["ncct_noise_kept"]["mean"] == pytest.approx(1.0, abs=0.05)
+    for row in noise.values():
+        assert set(row) == {"error_rms_hu", "ncct_noise_kept", "other_error_rms_hu"}
+        assert row["other_error_rms_hu"]["mean"] <= row["error_rms_hu"]["mean"] + 1e-9
     md = (out / "report.md").read_text()
     assert "## PVP (2 cases)" in md and "+/-" in md
+    assert "| model | error RMS (HU) | NCCT noise kept | other error RMS (HU) |" in md
     assert "| oracle (noise-free truth) |" in md and "headroom closed PSNR / MAE" in md
     for png in ("example_pvp_vcesdk-demo-pvp.png", "histogram_pvp.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noise_decomposition_splits_kept_noise_from_the_rest():
+    rng = np.random.default_rng(0)
+    ncct_clean = rng.uniform(-100, 100, (4, 32, 32))
+    truth_clean = ncct_clean + 50.0
+    n = rng.normal(0, 15, ncct_clean.shape)
+    other = rng.normal(0, 5, ncct_clean.shape)
+    # an exact enhancer of the noisy NCCT keeps all of its noise: kept 1, error RMS 15 HU
+    exact = noise_decomposition(ncct_clean + n + 50.0, truth_clean, ncct_clean + n, ncct_clean)
+    assert exact["ncct_noise_kept"] == pytest.approx(1.0, abs=1e-9)
+    assert exact["other_error_rms_hu"] == pytest.approx(0.0, abs=1e-9)
+    assert exact["error_rms_hu"] == pytest.approx(15.0, rel=0.05)
+    # half the noise removed plus an independent 5 HU error
+    half = noise_decomposition(truth_clean + 0.5 * n + other, truth_clean, ncct_clean + n,
+                               ncct_clean)
+    assert half["ncct_noise_kept"] == pytest.approx(0.5, abs=0.02)
+    assert half["other_error_rms_hu"] == pytest.approx(5.0, rel=0.05)
+    assert half["error_rms_hu"] == pytest.approx(np.hypot(7.5, 5.0), rel=0.05)
+    mask = np.zeros(ncct_clean.shape, bool)
+    mask[:, 8:24, 8:24] = True   # a mask selects the voxels
+    masked = noise_decomposition(truth_clean + 0.5 * n, truth_clean, ncct_clean + n, ncct_clean,
+                                 mask)
+    assert masked["ncct_noise_kept"] == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError, match="shapes differ"):
+        noise_decomposition(truth_clean[:2], truth_clean, ncct_clean, ncct_clean)
+    with pytest.raises(ValueError, match="equals its noise-free image"):
+        noise_decomposition(truth_clean, truth_clean, ncct_clean, ncct_clean)
 
 
 def test_dataset_without_the_phase_is_refused(held_out, tmp_path, capsys):

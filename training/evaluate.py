@@ -18,7 +18,11 @@ subtraction map scored against the real one (truth - NCCT): ``report.json`` phas
 Where the dataset has the noise-free truth (``<phase>_clean.nii.gz``, written by
 ``vcesdk-data phantoms``), each phase also gets an ``oracle`` row (that truth scored against the
 noisy target: the ceiling any model can reach) and each model ``headroom_closed`` = (model -
-identity) / (oracle - identity) for PSNR and MAE.
+identity) / (oracle - identity) for PSNR and MAE. Where the NCCT's noise-free image is there
+too (``ncct_clean.nii.gz``), ``noise_decomposition`` splits each model's (and the identity's)
+error against the noise-free truth into the NCCT noise it passes through and the rest
+(:func:`vcesdk.training.metrics.noise_decomposition`): an exact enhancer keeps all of the
+input's noise and closes only ~62 % of the headroom, so the rest takes denoising.
 
 Writes (atomically) ``report.json``: per phase, ``ncct_identity``, ``oracle`` and each model (under
 ``models``) carry ``psnr``, ``ssim``, ``ms_ssim``, ``mae_hu`` as ``{"mean", "sd"}`` plus
@@ -43,11 +47,12 @@ from vcesdk.errors import InputError, VcesdkError
 from vcesdk.io.atomic import atomic_output
 from vcesdk.io import read_volume
 
-from .metrics import image_metrics, mae_hu
+from .metrics import image_metrics, mae_hu, noise_decomposition
 from .phantom import LABEL_OF, LESIONS
 from .store import find_phase
 
 METRICS = ("psnr", "ssim", "ms_ssim", "mae_hu")
+NOISE_METRICS = ("error_rms_hu", "ncct_noise_kept", "other_error_rms_hu")
 DEFAULT_WINDOW = (60.0, 500.0)  # 000_dfb6c11774226ce2.txt: L 60 / W 500 -> [0, 255]
 
 
@@ -59,9 +64,9 @@ def _truth(pdir: Path, phase: str) -> Path | None:
 SUBTRACTION_WINDOW = (0.0, 1000.0)  # subtraction maps -500..+500 HU -> 0..255 for PSNR
 
 
-def _summary(values: list[dict]) -> dict:
+def _summary(values: list[dict], metrics: Sequence[str] = METRICS) -> dict:
     out = {}
-    for m in METRICS:
+    for m in metrics:
         v = np.asarray([d[m] for d in values], dtype=np.float64)
         out[m] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
     return out
@@ -159,6 +164,7 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
             models = [s for s in syns if s.bundle.phase == phase]
             rows: dict[str, list[dict]] = {"ncct_identity": []}
             oracle: list[dict] = []   # the noise-free truth vs the noisy target, where written
+            noise_rows: dict[str, list[dict]] = {}   # error vs the noise-free truth, split
             sub_rows: dict[str, list[dict]] = {}  # models with a "subtraction" output (000)
             lesion_rows: dict[str, dict[str, list[float]]] = {}
             hist: dict[str, list[np.ndarray]] = {"NCCT": [], f"{phase.upper()} (truth)": []}
@@ -179,13 +185,20 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                 rows["ncct_identity"].append(image_metrics(ncct.hu, truth.hu, level, width,
                                                            body))
                 clean_path = pdir / f"{phase}_clean.nii.gz"
-                if clean_path.is_file():
-                    oracle.append(image_metrics(read_volume(clean_path).hu, truth.hu, level,
-                                                width, body))
+                clean = read_volume(clean_path).hu if clean_path.is_file() else None
+                ncct_clean_path = pdir / "ncct_clean.nii.gz"
+                ncct_clean = (read_volume(ncct_clean_path).hu if clean is not None
+                              and ncct_clean_path.is_file() else None)
+                if clean is not None:
+                    oracle.append(image_metrics(clean, truth.hu, level, width, body))
                 preds = {}
                 for s in models:
                     pred = s.synthesize(ncct).hu
                     preds[s.bundle.name] = pred
+                if ncct_clean is not None:
+                    for name, pred in {"ncct_identity": ncct.hu, **preds}.items():
+                        noise_rows.setdefault(name, []).append(
+                            noise_decomposition(pred, clean, ncct.hu, ncct_clean, body))
                     rows.setdefault(s.bundle.name, []).append(
                         image_metrics(pred, truth.hu, level, width, body))
                     if "subtraction" in s.last_auxiliary:  # vs the real subtraction image
@@ -228,6 +241,9 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                                                               entry["oracle"])
             for name, summ in entry["models"].items():
                 entry[name] = summ
+            if noise_rows and all(len(v) == len(cases) for v in noise_rows.values()):
+                entry["noise_decomposition"] = {n: _summary(v, NOISE_METRICS)
+                                                for n, v in noise_rows.items()}
             if sub_rows:
                 entry["subtraction"] = {n: _summary(v) for n, v in sub_rows.items()}
             report["phases"][phase] = entry
@@ -250,6 +266,17 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                     cells.append(f"{100 * h['psnr']:.0f} % / {100 * h['mae_hu']:.0f} %"
                                  if h else "-")
                 md.append(f"| {name} | " + " | ".join(cells) + " |")
+            if "noise_decomposition" in entry:
+                md += ["", "Error against the noise-free truth (body): RMS, the share of the "
+                           "NCCT's own noise passed through (1 = kept, as the identity and an "
+                           "exact enhancer; 0 = removed) and the RMS of the rest:", "",
+                       "| model | error RMS (HU) | NCCT noise kept | other error RMS (HU) |",
+                       "| --- | --- | --- | --- |"]
+                for name, summ in entry["noise_decomposition"].items():
+                    cells = [f"{summ[m]['mean']:.{d}f} +/- {summ[m]['sd']:.{d}f}"
+                             for m, d in zip(NOISE_METRICS, (1, 2, 1))]
+                    label = "NCCT identity" if name == "ncct_identity" else name
+                    md.append(f"| {label} | " + " | ".join(cells) + " |")
             if entry["lesions"]:
                 md += ["", "Lesion MAE (HU), mean +/- SD over lesions' cases:", "",
                        "| lesion | " + " | ".join(["NCCT identity", *entry["models"]]) + " |",

@@ -13,6 +13,11 @@ axial slice and averaged over slices.
 * MAE in HU over a mask (the body by default).
 * CNR (003_38ca5beaf82dcc38.txt): |mean(A) - mean(B)| / sqrt((SD_1^2 + SD_2^2) / 2), with A an
   enhancing structure (aorta), B the lesion, SD_1, SD_2 two background regions (fat).
+* Noise decomposition (phantoms, which know the noise-free images): the error against the
+  noise-free truth, e = prediction - truth_clean over the body, regressed on the NCCT's own
+  noise n = NCCT - NCCT_clean: ``ncct_noise_kept`` = <e, n> / <n, n> (1: the input's noise
+  passes through, as the identity and an exact enhancer; 0: removed), ``error_rms_hu`` = RMS(e)
+  and ``other_error_rms_hu`` = RMS(e - kept x n), the error the input noise does not explain.
 * SNU (spatial non-uniformity, used by 001_f4ce1725ceedd708.txt without its formula): the
   usual CT-uniformity definition, (max - min) of ROI mean HU over ROIs in one homogeneous
   tissue, divided by 1000 HU (a fraction; x100 for %).
@@ -89,6 +94,36 @@ def mae_hu(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None)
     """Mean absolute difference in HU over `mask` (all voxels when None)."""
     d = np.abs(np.asarray(pred, np.float64) - np.asarray(target, np.float64))
     return float(d[mask].mean() if mask is not None else d.mean())
+
+
+def noise_decomposition(pred: np.ndarray, truth_clean: np.ndarray, ncct: np.ndarray,
+                        ncct_clean: np.ndarray, mask: np.ndarray | None = None
+                        ) -> dict[str, float]:
+    """A prediction's error against the noise-free truth, split into the part that is the
+    NCCT's own noise passed through and the rest (see the module docstring).
+
+    Args:
+        pred, truth_clean, ncct, ncct_clean: HU volumes of one shape (D, H, W); the clean ones
+            are the phantom's noise-free images (``<phase>_clean.nii.gz``).
+        mask: voxels to use (the body); all when None.
+
+    Returns:
+        {"ncct_noise_kept": fraction, "error_rms_hu": HU, "other_error_rms_hu": HU}.
+
+    Raises:
+        ValueError: shapes differ, or the NCCT equals its noise-free image in the mask.
+    """
+    arrays = [np.asarray(a, np.float64) for a in (pred, truth_clean, ncct, ncct_clean)]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"shapes differ: {[a.shape for a in arrays]}")
+    p, t, x, xc = (a[mask] if mask is not None else a.ravel() for a in arrays)
+    e, n = p - t, x - xc
+    nn = float(n @ n)
+    if nn == 0.0:
+        raise ValueError("the NCCT equals its noise-free image in the mask: nothing to regress")
+    kept = float(e @ n) / nn
+    return {"ncct_noise_kept": kept, "error_rms_hu": float(np.sqrt(np.mean(e * e))),
+            "other_error_rms_hu": float(np.sqrt(np.mean((e - kept * n) ** 2)))}
 
 
 def cnr(image: np.ndarray, a: np.ndarray, b: np.ndarray, background_1: np.ndarray,

@@ -95,6 +95,13 @@ def bundle_for(model: str | os.PathLike, scratch: str | os.PathLike, parity) -> 
                          parity)
 
 
+def _progress_terms(losses: dict[str, float], shown: int = 2) -> dict[str, str]:
+    """The loss terms the progress bar shows: the reconstruction term where the method has one
+    (``l1``; CycleGAN's ``cycle``; a pretraining's ``pcp_ce``), then ``loss_g``."""
+    keys = [k for k in ("l1", "cycle", "pcp_ce", "loss_g") if k in losses]
+    return {k: f"{losses[k]:.4f}" for k in keys[:shown]}
+
+
 def generator_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the generator (eval mode, CPU) from a checkpoint dict."""
     g = create_generator(ckpt["network"]["name"], ckpt["network"]["config"])
@@ -326,7 +333,7 @@ class Trainer:
                     self.checkpoint()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(l1=f"{losses.get('l1', float('nan')):.4f}")
+                bar.set_postfix(_progress_terms(losses))
         if bar is not None:
             bar.close()
         if self.rank == 0:
