@@ -298,3 +298,40 @@ def test_trainer_reads_a_dataset_folder(tmp_path):
              dicom=False, jobs=1, progress=False)
     with pytest.raises(ValueError, match="training needs 2 or more"):
         Trainer(tiny_recipe(1), tmp_path / "run2", progress=False, data=one)
+
+
+def test_noise_free_target_trains_against_the_clean_phase(tmp_path):
+    """data.noise_free_target: the training target comes from the phase's noise-free image
+    (generated phantoms and <phase>_clean.nii.gz of a dataset folder); the input NCCT and the
+    validation target keep their noise."""
+    import dataclasses
+
+    from helpers import tiny_recipe
+    from vcesdk.training.datacli import generate
+    from vcesdk.training.trainer import Trainer
+    from vcesdk.intensity import channels_to_hu
+
+    ds = generate(tmp_path / "ds", 3, ["ncct", "pvp"], seed=700, size_hwd=(64, 64, 8),
+                  spacing_mm=(4, 5, 5), dicom=False, jobs=1, progress=False)
+    base = tiny_recipe(2)
+    recipe = dataclasses.replace(base, data={**base.data, "noise_free_target": True})
+    lo, hi = recipe.model_io["hu_range"]
+    for data in (ds, None):   # a dataset folder, then generated phantoms
+        trainer = Trainer(recipe, tmp_path / f"run{data is None}", progress=False, data=data)
+        train = trainer.train_data
+        case = train.cases[0]
+        clean = (vcesdk.read_volume(ds / case.name / "pvp_clean.nii.gz").hu if data
+                 else case.clean["pvp"])
+        # the recipe's residual target, sCECT - NCCT, from the noise-free phase
+        target = np.clip(clean - case.phases["ncct"], lo, hi)
+        np.testing.assert_allclose(channels_to_hu(train.y[0][0], (lo, hi)), target, atol=0.05)
+        # the noisy phase differs from the noise-free one by its noise (7.5-22.5 HU SD)
+        assert 5 < np.std(case.phases["pvp"] - clean) < 30
+        # the input NCCT keeps its noise, validation keeps the noisy phase (as vcesdk-eval)
+        val = trainer.val_data.cases[0]
+        np.testing.assert_allclose(channels_to_hu(trainer.val_data.y[0][0], (lo, hi)),
+                                   np.clip(val.phases["pvp"] - val.phases["ncct"], lo, hi),
+                                   atol=0.05)
+    (ds / "P00700" / "pvp_clean.nii.gz").unlink()
+    with pytest.raises(vcesdk.errors.InputError, match="pvp_clean.nii.gz"):
+        Trainer(recipe, tmp_path / "run3", progress=False, data=ds)

@@ -30,6 +30,8 @@ class PhantomPairs:
             "windows" (the phase under each input window; channel 0 is read as HU).
         shape, spacing_mm, noise_hu: phantom settings (see :func:`make_phantom`); each patient
             gets noise_hu scaled by a factor drawn from [0.5, 1.5] (scanners and doses differ).
+        noise_free_target: the target is made from the phase's noise-free image (the input
+            NCCT keeps its noise; ``data.noise_free_target`` of the recipe).
 
     Items are float32 ``x`` (C, d, h, w) and ``y`` (1, d, h, w) in [-1, 1] (C channels for
     target "windows").
@@ -37,15 +39,18 @@ class PhantomPairs:
 
     def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
                  output_hu: Sequence[float], shape: Sequence[int], spacing_mm: Sequence[float],
-                 noise_hu: float, target: str = "image") -> None:
+                 noise_hu: float, target: str = "image", noise_free_target: bool = False
+                 ) -> None:
         cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm,
                               noise_hu=noise_hu * float(
                                   np.random.default_rng([int(s), 1]).uniform(0.5, 1.5)),
                               phases=("ncct", phase)) for s in seeds]
-        self._setup(cases, phase, windows, output_hu, target)
+        self._setup(cases, phase, windows, output_hu, target,
+                    [c.clean[phase] for c in cases] if noise_free_target else None)
 
     def _setup(self, cases: Sequence, phase: str, windows: Sequence[Window],
-               output_hu: Sequence[float], target: str) -> None:
+               output_hu: Sequence[float], target: str,
+               clean_targets: Sequence[np.ndarray] | None = None) -> None:
         if target not in TARGETS:
             raise RecipeError(f"model_io.target must be one of {TARGETS}, got {target!r}")
         if target == "windows":
@@ -59,12 +64,13 @@ class PhantomPairs:
         self.phase = phase
         self.x = [hu_to_channels(c.phases["ncct"], windows) for c in self.cases]
         self.target = target
+        goals = (list(clean_targets) if clean_targets is not None
+                 else [c.phases[phase] for c in self.cases])
         if target == "windows":
-            self.y = [hu_to_channels(c.phases[phase], windows) for c in self.cases]
+            self.y = [hu_to_channels(g, windows) for g in goals]
         else:
-            self.y = [hu_to_output(c.phases[phase] - (c.phases["ncct"] if target == "residual"
-                                                      else 0.0), output_hu)[None]
-                      for c in self.cases]
+            self.y = [hu_to_output(g - (c.phases["ncct"] if target == "residual" else 0.0),
+                                   output_hu)[None] for c, g in zip(self.cases, goals)]
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -104,14 +110,17 @@ class DatasetPairs(PhantomPairs):
         patients: patient folder names to use (e.g. a train/validation split).
         aligned: use ``<phase>_aligned.nii.gz`` as the target where present (False: the
             misaligned scan itself, for 004's misalignment study).
+        noise_free_target: the target is ``<phase>_clean.nii.gz`` (the noise-free image
+            ``vcesdk-data phantoms`` writes).
 
     Raises:
-        InputError: a patient lacks the NCCT or the phase, or the two grids differ.
+        InputError: a patient lacks the NCCT or the phase (or its noise-free image with
+            ``noise_free_target``), or the grids differ.
     """
 
     def __init__(self, root, patients: Sequence[str], phase: str, windows: Sequence[Window],
-                 output_hu: Sequence[float], target: str = "image", aligned: bool = True
-                 ) -> None:
+                 output_hu: Sequence[float], target: str = "image", aligned: bool = True,
+                 noise_free_target: bool = False) -> None:
         from pathlib import Path
 
         from vcesdk.errors import InputError
@@ -120,7 +129,7 @@ class DatasetPairs(PhantomPairs):
         from .store import find_phase
 
         root = Path(root)
-        cases = []
+        cases, clean = [], []
         for name in patients:
             pdir = root / name
             nc = find_phase(pdir, "ncct")
@@ -133,7 +142,18 @@ class DatasetPairs(PhantomPairs):
                 raise InputError(f"{name}: {phase} {b.shape} is not on the NCCT grid {a.shape};"
                                  f" register with 'vcesdk-data store' first")
             cases.append(PairCase(name, {"ncct": a.hu, phase: b.hu}, a.spacing_zyx_mm))
-        self._setup(cases, phase, windows, output_hu, target)
+            if noise_free_target:
+                cp = pdir / f"{phase}_clean.nii.gz"
+                if not cp.is_file():
+                    raise InputError(f"{pdir} has no {cp.name}: data.noise_free_target needs the"
+                                     f" noise-free images of a 'vcesdk-data phantoms' set")
+                c = read_volume(cp)
+                if c.shape != a.shape:
+                    raise InputError(f"{name}: {cp.name} {c.shape} is not on the NCCT grid "
+                                     f"{a.shape}")
+                clean.append(c.hu)
+        self._setup(cases, phase, windows, output_hu, target,
+                    clean if noise_free_target else None)
 
 
 def dataset_patients(root, phase: str) -> list[str]:

@@ -41,6 +41,12 @@ class DataConfig:
             patients validate).
         seed: first phantom seed (validation seeds start 100,000 higher).
         crop: training window [d, h, w] voxels.
+        noise_free_target: train against the phase's noise-free image, which only a
+            simulation knows (the generated phantoms; ``<phase>_clean.nii.gz`` in a ``vcesdk-data
+            phantoms`` folder), as denoisers are trained on simulated noise. The input NCCT
+            keeps its noise and validation scores the noisy phase, as ``vcesdk-eval`` does. A
+            noisy target asks for the same mean but carries the second scan's independent
+            noise: a network learns to remove the NCCT's noise far more slowly from it.
     """
 
     shape: tuple[int, int, int]
@@ -51,6 +57,7 @@ class DataConfig:
     n_train: int = 8
     n_val: int = 2
     seed: int = 0
+    noise_free_target: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

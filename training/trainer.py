@@ -153,6 +153,10 @@ class Trainer:
                       shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"],
                       target=recipe.model_io.get("target", "image"))
         seed0 = int(d.get("seed", 0))
+        clean = bool(d.get("noise_free_target", False))
+        if clean and (unpaired is not None or misaligned_truth):
+            raise TrainingError("data.noise_free_target needs aligned pairs (not --unpaired-* "
+                                "or --misaligned-truth)")
         if unpaired is not None:
             self.train_data = UnpairedVolumes(unpaired[0], unpaired[1], self.windows,
                                               self.output_hu, d["spacing_mm"])
@@ -168,10 +172,12 @@ class Trainer:
             # the misalignment study of 004: train on the misaligned phase scans, validate on
             # the aligned truth
             self.train_data = DatasetPairs(data, names[:len(names) - n_val],
-                                           aligned=not misaligned_truth, **pair_args)
+                                           aligned=not misaligned_truth,
+                                           noise_free_target=clean, **pair_args)
             self.val_data = DatasetPairs(data, names[len(names) - n_val:], **pair_args)
         else:
-            self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])), **common)
+            self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])),
+                                           noise_free_target=clean, **common)
             # validation patients use seeds never used in training
             self.val_data = PhantomPairs(range(seed0 + 100_000,
                                                seed0 + 100_000 + int(d["n_val"])), **common)
