@@ -116,11 +116,24 @@ def test_run_folder_is_exported_then_evaluated(held_out, tmp_path):
     from helpers import tiny_recipe
     from vcesdk.training.trainer import Trainer
 
-    Trainer(tiny_recipe(2), tmp_path / "run", progress=False).fit()
+    import dataclasses
+
+    Trainer(dataclasses.replace(tiny_recipe(2), name="tiny-pvp"), tmp_path / "run",
+            progress=False).fit()
     out = tmp_path / "report"
-    assert eval_main([str(tmp_path / "run"), "--data", str(held_out), "--out", str(out)]) == 0
+    # two models side by side: each gets its own rows, from its own prediction
+    assert eval_main([str(tmp_path / "run"), str(vcesdk.DEFAULT_BUNDLE), "--data",
+                      str(held_out), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    (name,) = report["phases"]["pvp"]["models"]
-    assert np.isfinite(report["phases"]["pvp"][name]["mae_hu"]["mean"])
+    pvp = report["phases"]["pvp"]
+    name = "tiny-pvp"
+    assert set(pvp["models"]) == {name, "vcesdk-demo-pvp"}
+    assert np.isfinite(pvp[name]["mae_hu"]["mean"])
+    assert set(pvp["noise_decomposition"]) == {"ncct_identity", name, "vcesdk-demo-pvp"}
+    # a 2-step tiny run and the demo bundle predict different volumes
+    assert pvp[name]["mae_hu"]["mean"] != pvp["vcesdk-demo-pvp"]["mae_hu"]["mean"]
+    noise = pvp["noise_decomposition"]
+    assert (noise[name]["error_rms_hu"]["mean"]
+            != noise["vcesdk-demo-pvp"]["error_rms_hu"]["mean"])
     assert eval_main([str(tmp_path), "--data", str(held_out), "--out",
                       str(tmp_path / "r2")]) == 1  # neither a bundle nor a run folder

@@ -195,16 +195,16 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                 for s in models:
                     pred = s.synthesize(ncct).hu
                     preds[s.bundle.name] = pred
-                if ncct_clean is not None:
-                    for name, pred in {"ncct_identity": ncct.hu, **preds}.items():
-                        noise_rows.setdefault(name, []).append(
-                            noise_decomposition(pred, clean, ncct.hu, ncct_clean, body))
                     rows.setdefault(s.bundle.name, []).append(
                         image_metrics(pred, truth.hu, level, width, body))
                     if "subtraction" in s.last_auxiliary:  # vs the real subtraction image
                         sub_rows.setdefault(s.bundle.name, []).append(image_metrics(
                             s.last_auxiliary["subtraction"].hu, truth.hu - ncct.hu,
                             *SUBTRACTION_WINDOW, body))
+                if ncct_clean is not None:
+                    for name, pred in {"ncct_identity": ncct.hu, **preds}.items():
+                        noise_rows.setdefault(name, []).append(
+                            noise_decomposition(pred, clean, ncct.hu, ncct_clean, body))
                 if labels is not None:
                     for kind in LESIONS:
                         m = labels == LABEL_OF[kind]
