@@ -122,6 +122,13 @@ class UNet3D(nn.Module):
             other statistics on the whole-plane windows of inference).
         zero_init: zero the last conv (our option): a residual *target* (sCECT - NCCT) then
             starts at "no enhancement", as ``residual`` starts an image target at the identity.
+        input_skip: a full-resolution level (our option, Ronneberger et al. 2015's U-Net has
+            one): the input joins the upsampled last decoder level through two 3 x 3 (x 3)
+            convs of ``base`` channels before the output conv. Without it (the paper's network)
+            the first encoder block already halves the resolution and the output is a nearest
+            upsampling of half-resolution features: it cannot follow voxel-scale structure
+            such as the input's noise, which a model must remove to pass the ~62 % of the
+            phantom headroom an exact enhancer keeps.
 
     Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
     of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
@@ -130,7 +137,8 @@ class UNet3D(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,
                  max_channels: int = 512, planar: bool = False, residual: bool = False,
-                 norm: str = "instance", zero_init: bool = False) -> None:
+                 norm: str = "instance", zero_init: bool = False, input_skip: bool = False
+                 ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -158,6 +166,14 @@ class UNet3D(nn.Module):
             cin = cout + chans[i - 1]
         self.final_scale = tuple(float(v) for v in strides[0])
         kernel, padding = _kernel_padding((1, 1, 1), planar)
+        self.input_skip = bool(input_skip)
+        if self.input_skip:
+            self.input_head = nn.Sequential(
+                nn.Conv3d(cin + in_channels, chans[0], kernel, padding=padding),
+                nn.LeakyReLU(0.2, inplace=True),
+                nn.Conv3d(chans[0], chans[0], kernel, padding=padding),
+                nn.LeakyReLU(0.2, inplace=True))
+            cin = chans[0]
         self.final = nn.Conv3d(cin, out_channels, kernel, padding=padding)
         if self.residual or zero_init:
             zero_last_conv(self)
@@ -178,6 +194,8 @@ class UNet3D(nn.Module):
         for dec in self.decoders:
             h = dec(h, skips.pop())
         h = nn.functional.interpolate(h, scale_factor=self.final_scale, mode="nearest")
+        if self.input_skip:
+            h = self.input_head(torch.cat([h, x], dim=1))
         out = torch.tanh(self.final(h))
         return add_input(out, x) if self.residual else out
 
@@ -224,11 +242,11 @@ class UNet2D(UNet3D):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512,
-                 residual: bool = False, norm: str = "instance", zero_init: bool = False
-                 ) -> None:
+                 residual: bool = False, norm: str = "instance", zero_init: bool = False,
+                 input_skip: bool = False) -> None:
         super().__init__(in_channels, out_channels, base, [(1, *s) for s in strides],
                          max_channels, planar=True, residual=residual, norm=norm,
-                         zero_init=zero_init)
+                         zero_init=zero_init, input_skip=input_skip)
 
 
 @register_discriminator("patchgan2d")
@@ -249,19 +267,20 @@ def count_parameters(model: nn.Module) -> int:
 class UNet25D(nn.Module):
     """pix2pix 2.5D generator (001_f4ce1725ceedd708.txt and 003's 2.5D baseline): each output
     slice is predicted by a 2D U-Net from that slice and its two neighbours stacked as
-    channels (3 x in_channels); the first and last slice repeat their edge neighbour. `norm`
-    and `zero_init` as for :class:`UNet3D`.
+    channels (3 x in_channels); the first and last slice repeat their edge neighbour. `norm`,
+    `zero_init` and `input_skip` as for :class:`UNet3D`.
 
     Shapes: (B, in_channels, d, h, w) -> (B, out_channels, d, h, w), any d >= 1.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2),) * 8, max_channels: int = 512,
-                 context: int = 1, norm: str = "instance", zero_init: bool = False) -> None:
+                 context: int = 1, norm: str = "instance", zero_init: bool = False,
+                 input_skip: bool = False) -> None:
         super().__init__()
         self.context = int(context)
         self.net = UNet2D(in_channels * (2 * self.context + 1), out_channels, base, strides,
-                          max_channels, norm=norm, zero_init=zero_init)
+                          max_channels, norm=norm, zero_init=zero_init, input_skip=input_skip)
 
     def size_multiple(self) -> tuple[int, int, int]:
         return self.net.size_multiple()
