@@ -114,6 +114,17 @@ def test_input_skip_gives_the_u_net_a_full_resolution_level():
     assert float(z(torch.randn(1, 3, 4, 16, 16)).abs().max()) == 0.0   # still starts at zero
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_u_net_scripts_with_and_without_input_skip(skip: bool):
+    """The TorchScript export (script mode) compiles both branches of forward."""
+    g = create_generator("unet3d", dict(in_channels=1, out_channels=1, base=4,
+                                        strides=[[1, 2, 2], [2, 2, 2]], input_skip=skip)).eval()
+    x = torch.randn(1, 1, 4, 16, 16)
+    scripted = torch.jit.script(g)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), g(x), atol=1e-6, rtol=1e-5)
+
+
 def test_2p5d_generator_sees_three_slices():
     g = create_generator("unet25d", dict(in_channels=3, out_channels=1, base=4,
                                          strides=[[2, 2], [2, 2]])).eval()

@@ -174,6 +174,8 @@ class UNet3D(nn.Module):
                 nn.Conv3d(chans[0], chans[0], kernel, padding=padding),
                 nn.LeakyReLU(0.2, inplace=True))
             cin = chans[0]
+        else:  # TorchScript compiles both branches of forward: the attribute must exist
+            self.input_head = nn.Identity()
         self.final = nn.Conv3d(cin, out_channels, kernel, padding=padding)
         if self.residual or zero_init:
             zero_last_conv(self)
