@@ -28,9 +28,9 @@ def test_small_baseline_trains(name, tmp_path):
     """Every small baseline generator is zero-initialised (norm none + zero_init: it starts
     as the NCCT identity, its first validation MAE equals the identity's); after 100 steps its
     validation MAE on an unseen phantom is at least 0.5 HU below the identity's (measured here:
-    U-Net L1 19.34 -> 17.75 HU with input_skip, pix2pix 2D / 2.5D / 3D 19.34 -> 18.44 / 18.43 /
-    18.43). The batch L1 is not asserted: each batch is other windows, and the start is
-    already close."""
+    U-Net L1 19.34 -> 17.75 HU with input_skip and a 0 HU floor, pix2pix 2D / 2.5D / 3D
+    19.34 -> 18.44 / 18.43 / 18.43). The batch L1 is not asserted: each batch is other
+    windows, and the start is already close."""
     torch.set_num_threads(2)
     trainer = Trainer(_short(name, 100), tmp_path / name, progress=False)
     assert trainer.recipe.generator["config"]["zero_init"] is True

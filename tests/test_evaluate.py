@@ -103,6 +103,18 @@ def test_noise_decomposition_splits_kept_noise_from_the_rest():
         noise_decomposition(truth_clean, truth_clean, ncct_clean, ncct_clean)
 
 
+def test_noise_free_set_is_evaluated_without_a_noise_decomposition(tmp_path, capsys):
+    """A phantom set made with --noise-hu 0 has an NCCT equal to its noise-free image: nothing
+    to split, so the report has no noise table (and vcesdk-eval does not fail)."""
+    data = generate(tmp_path / "clean", 1, ["ncct", "pvp"], seed=9000, size_hwd=(64, 64, 8),
+                    spacing_mm=(4, 2, 2), noise_hu=0.0, dicom=False, jobs=1, progress=False)
+    out = tmp_path / "report"
+    assert eval_main([str(vcesdk.DEFAULT_BUNDLE), "--data", str(data), "--out", str(out)]) == 0
+    pvp = json.loads((out / "report.json").read_text())["phases"]["pvp"]
+    assert "noise_decomposition" not in pvp and "noise_decomposition_left_out" not in pvp
+    assert pvp["oracle"]["mae_hu"]["mean"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_dataset_without_the_phase_is_refused(held_out, tmp_path, capsys):
     d = tmp_path / "ap_only"
     (d / "P1").mkdir(parents=True)

@@ -41,6 +41,19 @@ def test_onnx_export_dynamic_shapes_and_parity(small_generator, tmp_path):
     assert parity["max_abs_hu"] < 0.5
 
 
+def test_onnx_export_of_the_input_skip_u_net(tmp_path):
+    """unet_l1_small's generator (input_skip: the full-resolution level) exports to ONNX with
+    dynamic shapes and matches PyTorch."""
+    torch.manual_seed(0)
+    g = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=8, norm="none",
+                                        strides=[[2, 2, 2], [2, 2, 2], [1, 2, 2]],
+                                        input_skip=True)).eval()
+    path = export_onnx(g, tmp_path / "g.onnx", (1, 3, 8, 32, 32))
+    x = [np.random.default_rng(2).uniform(-1, 1, (2, 3, 8, 48, 40)).astype(np.float32)]
+    parity = onnx_parity(g, path, x, (-500, 500))
+    assert parity["passed"] and parity["max_abs_hu"] < 0.5
+
+
 def test_flop_count_golden_case():
     """One 3x3x3 convolution, 2 -> 4 channels, 'same' padding, on a 1 x 2 x 2 x 4 x 4 input:
     2 FLOPs x (4 x 2 x 4 x 4 outputs) x (2 x 27 taps) = 13824 (the bias is not counted)."""

@@ -90,6 +90,23 @@ def test_command_line_overrides_are_stored_in_the_checkpoint(tmp_path, capsys):
     assert stored["phase"] == "ap" and stored["name"] == "unet-l1-small-ap"
     assert stored["optim"]["decay_every"] == 1500 and stored["train"]["steps"] == 2
     assert stored["data"]["n_train"] == 2
+    # resuming with other networks, optimiser, data or losses is refused, naming the changes;
+    # the checkpoint stays as it was
+    sets = ["--set", "optim.decay_every=1500", "--set", "data.n_train=2", "--set",
+            "data.n_val=1", "--set", "train.val_every=0"]
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main([str(builtin_recipe("unet_l1_small")), "--out", str(run), "--max-steps", "3",
+                 "--phase", "ap", *sets, "--set", "optim.lr=0.0005", "--set",
+                 "generator.config.input_skip=false"]) == 1
+    err = capsys.readouterr().err
+    assert "was trained with another recipe" in err and "--no-resume" in err
+    assert "generator.config.input_skip: True -> False" in err
+    assert "optim.lr: 0.001 -> 0.0005" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    # more steps (the train section) resume
+    assert main([str(builtin_recipe("unet_l1_small")), "--out", str(run), "--max-steps", "3",
+                 "--phase", "ap", *sets]) == 0
+    assert load_checkpoint(run)["step"] == 3
     # a key the recipe does not have is refused before any training, naming the valid keys
     assert main([str(builtin_recipe("unet_l1_small")), "--out", str(tmp_path / "bad"),
                  "--set", "optim.learning_rate=1"]) == 1

@@ -189,6 +189,8 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                 ncct_clean_path = pdir / "ncct_clean.nii.gz"
                 ncct_clean = (read_volume(ncct_clean_path).hu if clean is not None
                               and ncct_clean_path.is_file() else None)
+                if ncct_clean is not None and np.array_equal(ncct_clean[body], ncct.hu[body]):
+                    ncct_clean = None   # a noise-free set: no noise to split off
                 if clean is not None:
                     oracle.append(image_metrics(clean, truth.hu, level, width, body))
                 preds = {}
@@ -244,6 +246,10 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
             if noise_rows and all(len(v) == len(cases) for v in noise_rows.values()):
                 entry["noise_decomposition"] = {n: _summary(v, NOISE_METRICS)
                                                 for n, v in noise_rows.items()}
+            elif noise_rows:   # said in report.md rather than split over some cases only
+                entry["noise_decomposition_left_out"] = (
+                    f"{len(cases) - len(noise_rows['ncct_identity'])} of {len(cases)} cases "
+                    f"have no ncct_clean.nii.gz or a noise-free NCCT")
             if sub_rows:
                 entry["subtraction"] = {n: _summary(v) for n, v in sub_rows.items()}
             report["phases"][phase] = entry
@@ -277,6 +283,9 @@ def _evaluate(syns: list, data: Path, patients: list[Path], out: str | os.PathLi
                              for m, d in zip(NOISE_METRICS, (1, 2, 1))]
                     label = "NCCT identity" if name == "ncct_identity" else name
                     md.append(f"| {label} | " + " | ".join(cells) + " |")
+            if "noise_decomposition_left_out" in entry:
+                md += ["", f"Noise decomposition left out: "
+                           f"{entry['noise_decomposition_left_out']}."]
             if entry["lesions"]:
                 md += ["", "Lesion MAE (HU), mean +/- SD over lesions' cases:", "",
                        "| lesion | " + " | ".join(["NCCT identity", *entry["models"]]) + " |",

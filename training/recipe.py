@@ -395,6 +395,46 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         raise RecipeError(f"{p}: {exc}") from None
 
 
+# what a checkpoint's networks, optimisers and data depend on: a resume must not change them
+# (train and inference may change: more steps, another device, another export)
+RESUME_SECTIONS = ("method", "phase", "generator", "discriminator", "data", "model_io", "optim",
+                   "loss")
+
+
+def _network_defaults(table: dict, spec: dict) -> dict:
+    """``spec`` with every constructor default of its registered network filled in."""
+    if not spec:
+        return {}
+    params = inspect.signature(table[spec["name"]].__init__).parameters
+    cfg = {n: _plain(p.default) for n, p in params.items()
+           if n != "self" and p.default is not inspect.Parameter.empty}
+    return {"name": spec["name"], "config": {**cfg, **spec["config"]}}
+
+
+def recipe_changes(stored: Recipe, current: Recipe,
+                   sections: Sequence[str] = RESUME_SECTIONS) -> list[str]:
+    """What ``current`` changes against ``stored`` in ``sections``, one "section.key: old ->
+    new" line per changed value (network configs compared with their defaults filled in).
+    Empty when nothing changed."""
+    changes = []
+    for section in sections:
+        a, b = getattr(stored, section), getattr(current, section)
+        if section in ("generator", "discriminator"):
+            table = GENERATORS if section == "generator" else DISCRIMINATORS
+            a, b = _network_defaults(table, a), _network_defaults(table, b)
+            if a.get("name") != b.get("name"):
+                changes.append(f"{section}.name: {a.get('name')} -> {b.get('name')}")
+                continue
+            a, b, section = a.get("config", {}), b.get("config", {}), f"{section}.config"
+        if not isinstance(a, dict):
+            if a != b:
+                changes.append(f"{section}: {a!r} -> {b!r}")
+            continue
+        changes += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                    for k in sorted(set(a) | set(b)) if _plain(a.get(k)) != _plain(b.get(k))]
+    return changes
+
+
 def builtin_recipe(name: str) -> Path:
     """Path of a recipe shipped in vcesdk.training.recipes (name without .yaml)."""
     return Path(__file__).resolve().parent / "recipes" / f"{name}.yaml"

@@ -23,7 +23,7 @@ from vcesdk.intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu, w
 
 from .data import DatasetPairs, PhantomPairs, UnpairedVolumes, WindowStream, dataset_patients
 from .methods import Method, create_generator, create_method
-from .recipe import Recipe
+from .recipe import Recipe, recipe_changes
 
 _logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -153,10 +153,13 @@ class Trainer:
                       shape=d["shape"], spacing_mm=d["spacing_mm"], noise_hu=d["noise_hu"],
                       target=recipe.model_io.get("target", "image"))
         seed0 = int(d.get("seed", 0))
-        clean = bool(d.get("noise_free_target", False))
-        if clean and (unpaired is not None or misaligned_truth):
-            raise TrainingError("data.noise_free_target needs aligned pairs (not --unpaired-* "
-                                "or --misaligned-truth)")
+        clean = bool(d["noise_free_target"])
+        pair_terms = ((["data.noise_free_target=false"] if clean else [])
+                      + [f"{key}=0" for key in self.method.pair_terms()])
+        if pair_terms and (unpaired is not None or misaligned_truth):
+            raise TrainingError(f"this recipe needs aligned pairs of one patient, not "
+                                f"--unpaired-* or --misaligned-truth training: --set "
+                                f"{' --set '.join(pair_terms)}")
         if unpaired is not None:
             self.train_data = UnpairedVolumes(unpaired[0], unpaired[1], self.windows,
                                               self.output_hu, d["spacing_mm"])
@@ -208,6 +211,18 @@ class Trainer:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        where = self.out / CHECKPOINT
+        try:
+            stored = Recipe.from_dict(ckpt["recipe"])
+        except (KeyError, RecipeError) as exc:
+            raise TrainingError(f"{where} was written with a recipe this version cannot read "
+                                f"({exc}): start over with --no-resume or another --out"
+                                ) from None
+        changes = recipe_changes(stored, self.recipe)
+        if changes:
+            raise TrainingError(f"{where} was trained with another recipe ({'; '.join(changes)}"
+                                f"): resume with the recipe it was trained with, or start over "
+                                f"with --no-resume or another --out")
         for name in self.method.NETWORKS:
             if name in ckpt and hasattr(self.method, name):
                 self.method.network(name).load_state_dict(ckpt[name])

@@ -151,6 +151,12 @@ class Method(nn.Module, abc.ABC):
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch (on the method's device); returns the losses."""
 
+    def pair_terms(self) -> list[str]:
+        """The recipe keys of the active loss terms that take a batch's NCCT and target to be
+        the same patient on the same grid (registered pairs); the trainer refuses them for
+        unpaired or misaligned training. None for most methods."""
+        return []
+
     def on_step_end(self, step: int) -> None:
         """Called after each step: every scheduler of :meth:`schedulers` steps once the
         method's pretraining (``pretrain_steps``, 0 for most) is over."""

@@ -296,10 +296,13 @@ class TwoStageLoss:
 @register_method("two_stage")
 class TwoStage(Method):
     """Seo et al. (004): see the module docstring. ``loss``: variant, l1_weight (lambda, 10),
-    pretrain_steps (perceptual classifier), stage1_steps (variant S), pretrain_lr.
+    pretrain_steps (perceptual classifier), stage1_steps (variant S), pretrain_lr,
+    identity_weight and paired_weight (stage-1 terms of variants S / J, see
+    :class:`TwoStageLoss`).
 
     Raises:
-        ValueError: unknown variant, or model_io not one window mapped onto itself.
+        ValueError: unknown variant, model_io not one window mapped onto itself, a negative
+            identity_weight / paired_weight, or either set for a variant without stage 1.
     """
 
     Loss = TwoStageLoss
@@ -314,6 +317,13 @@ class TwoStage(Method):
         self.variant = str(loss.variant)
         if self.variant not in VARIANTS:
             raise ValueError(f"loss.variant must be one of {VARIANTS}, got {self.variant!r}")
+        for key in ("identity_weight", "paired_weight"):
+            value = float(getattr(loss, key))
+            if value < 0:
+                raise ValueError(f"loss.{key} must be >= 0, got {value:g}")
+            if value and self.variant not in ("S", "J"):
+                raise ValueError(f"loss.{key} is a stage-1 term of variants S and J; variant "
+                                 f"{self.variant!r} has no stage 1 (set it to 0)")
         g_name, g_cfg = recipe.generator["name"], dict(recipe.generator["config"])
         self.generator = create_generator(g_name, g_cfg)                 # G(N->C)
         self.backward_generator = create_generator(g_name, g_cfg)        # G(C->N)
@@ -333,6 +343,9 @@ class TwoStage(Method):
               *(self.discriminator_x.parameters() if self.variant == "cycle" else [])]
         self.opt_d, self.sched_d = adam_with_decay(ds, self.optim)
         self.opt_p = torch.optim.Adam(self.perceptual.parameters(), lr=float(loss.pretrain_lr))
+
+    def pair_terms(self) -> list[str]:
+        return ["loss.paired_weight"] if self.loss.paired_weight else []
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g, "opt_d": self.opt_d, "opt_p": self.opt_p}
