@@ -257,8 +257,10 @@ def test_two_stage_variants_run_each_stage():
     seen = {}
     for variant in ("S", "J", "single", "cycle"):
         r = _short("two_stage_small", 1)
+        stage1_terms = {} if variant in ("S", "J") else {"paired_weight": 0.0,
+                                                         "identity_weight": 0.0}
         r = dataclasses.replace(r, loss={**r.loss, "variant": variant, "pretrain_steps": 1,
-                                         "stage1_steps": 1})
+                                         "stage1_steps": 1, **stage1_terms})
         m = create_method(r)
         assert isinstance(m, TwoStage)
         for step in (0, 1, 2):
