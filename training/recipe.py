@@ -208,14 +208,20 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
     return value
 
 
+def _constructor_params(table: dict, name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of registered network ``name`` (its config keys)."""
+    params = inspect.signature(table[name].__init__).parameters
+    return {n: p for n, p in params.items() if n != "self"}
+
+
 def _check_network(table: dict, kind: str, spec: Any) -> dict:
     if not isinstance(spec, dict) or set(spec) - {"name", "config"} or "name" not in spec:
         raise RecipeError(f"recipe section {kind!r} must be {{name, config}}, got {spec!r}")
     name, cfg = spec["name"], dict(spec.get("config") or {})
     if name not in table:
         raise RecipeError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(table))}")
-    params = inspect.signature(table[name].__init__).parameters
-    valid = sorted(p for p in params if p != "self")
+    params = _constructor_params(table, name)
+    valid = sorted(params)
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
         raise RecipeError(f"{kind}.config of {name!r}: unknown key(s) {unknown}; valid keys: "
@@ -405,9 +411,8 @@ def _network_defaults(table: dict, spec: dict) -> dict:
     """``spec`` with every constructor default of its registered network filled in."""
     if not spec:
         return {}
-    params = inspect.signature(table[spec["name"]].__init__).parameters
-    cfg = {n: _plain(p.default) for n, p in params.items()
-           if n != "self" and p.default is not inspect.Parameter.empty}
+    cfg = {n: _plain(p.default) for n, p in _constructor_params(table, spec["name"]).items()
+           if p.default is not inspect.Parameter.empty}
     return {"name": spec["name"], "config": {**cfg, **spec["config"]}}
 
 

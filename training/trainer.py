@@ -160,6 +160,12 @@ class Trainer:
             raise TrainingError(f"this recipe needs aligned pairs of one patient, not "
                                 f"--unpaired-* or --misaligned-truth training: --set "
                                 f"{' --set '.join(pair_terms)}")
+        # a resume is checked (and the networks restored) before any data is read or generated
+        self.step = 0
+        self.history: list[dict] = []
+        ck = self.out / CHECKPOINT
+        if resume and ck.is_file():
+            self._restore(load_checkpoint(ck))
         if unpaired is not None:
             self.train_data = UnpairedVolumes(unpaired[0], unpaired[1], self.windows,
                                               self.output_hu, d["spacing_mm"])
@@ -184,11 +190,6 @@ class Trainer:
             # validation patients use seeds never used in training
             self.val_data = PhantomPairs(range(seed0 + 100_000,
                                                seed0 + 100_000 + int(d["n_val"])), **common)
-        self.step = 0
-        self.history: list[dict] = []
-        ck = self.out / CHECKPOINT
-        if resume and ck.is_file():
-            self._restore(load_checkpoint(ck))
         # under torchrun every rank draws the same global batch (same seed) and trains on its
         # slice; gradients are averaged (DDP, or Method.optimize), so the curve matches one
         # process up to per-process BatchNorm batch statistics
