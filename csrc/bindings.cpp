@@ -125,7 +125,9 @@ F32 writeable_f32(py::array obj, const char* name, py::ssize_t ndim) {
 }
 
 void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offsets_obj,
-                     py::object wz_obj, py::object wy_obj, py::object wx_obj) {
+                     py::object wz_obj, py::object wy_obj, py::object wx_obj, int64_t fresh_from,
+                     int64_t done_below, py::array nz_obj, py::array ny_obj, py::array nx_obj,
+                     py::object out_obj, bool stream) {
   F32 ring = writeable_f32(ring_obj, "ring", 4);
   // windows may be any float32 view whose last axis is contiguous (e.g. overlapping windows
   // of one volume taken with as_strided); anything else is copied to C order first
@@ -150,6 +152,7 @@ void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offset
                                      " channels, the ring has " + std::to_string(C));
   require(offsets && offsets.ndim() == 2 && offsets.shape(0) == B && offsets.shape(1) == 3,
           "offsets must be int64 (" + std::to_string(B) + ", 3), got " + shape_str(offsets_obj));
+  require(B >= 1, "a batch needs at least one window");
   require(d <= L, "window depth " + std::to_string(d) + " exceeds the ring depth " +
                       std::to_string(L));
   const int64_t* off = offsets.data();
@@ -168,6 +171,38 @@ void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offset
   require(zmax - zmin <= L, "the batch spans slices " + std::to_string(zmin) + ".." +
                                 std::to_string(zmax - 1) + ", more than the ring's " +
                                 std::to_string(L) + " slices");
+  require(zmin <= done_below && done_below <= zmax,
+          "done_below " + std::to_string(done_below) + " must lie in the batch's slices [" +
+              std::to_string(zmin) + ", " + std::to_string(zmax) + "]");
+  require(zmin <= fresh_from, "fresh_from " + std::to_string(fresh_from) +
+                                  " lies below the batch's first slice " + std::to_string(zmin));
+  F32 nz = F32::ensure(nz_obj), ny = F32::ensure(ny_obj), nx = F32::ensure(nx_obj);
+  require(nz && nz.ndim() == 1 && nz.shape(0) >= done_below,
+          "nz must be float32 covering slice done_below - 1");
+  require(ny && ny.ndim() == 1 && ny.shape(0) == H, "ny must be float32 of length H");
+  require(nx && nx.ndim() == 1 && nx.shape(0) == W, "nx must be float32 of length W");
+  // out: (C, done_below - zmin, H, W) float32 with contiguous rows and planes; the channel and
+  // slice strides are free, so it may be a slab view of a (C, D, H, W) volume
+  float* o = nullptr;
+  int64_t out_strides[2] = {0, 0};
+  py::array out;
+  if (done_below > zmin) {
+    require(!out_obj.is_none(), "out is required when the batch finishes slices");
+    out = py::reinterpret_borrow<py::array>(out_obj);
+    require(py::isinstance<py::array_t<float>>(out) && out.writeable() && out.ndim() == 4 &&
+                out.shape(0) == C && out.shape(1) == done_below - zmin && out.shape(2) == H &&
+                out.shape(3) == W &&
+                out.strides(3) == static_cast<py::ssize_t>(sizeof(float)) &&
+                out.strides(2) == static_cast<py::ssize_t>(W * sizeof(float)) &&
+                out.strides(1) % static_cast<py::ssize_t>(sizeof(float)) == 0 &&
+                out.strides(0) % static_cast<py::ssize_t>(sizeof(float)) == 0,
+            "out must be a writeable float32 array of shape (" + std::to_string(C) + ", " +
+                std::to_string(done_below - zmin) + ", " + std::to_string(H) + ", " +
+                std::to_string(W) + ") with contiguous planes, got " + shape_str(out));
+    o = static_cast<float*>(out.mutable_data());
+    out_strides[0] = out.strides(0) / static_cast<int64_t>(sizeof(float));
+    out_strides[1] = out.strides(1) / static_cast<int64_t>(sizeof(float));
+  }
   F32 hz, hy, hx;
   const float* wz = optional_vector(wz_obj, d, "wz", hz);
   const float* wy = optional_vector(wy_obj, h, "wy", hy);
@@ -178,31 +213,9 @@ void ring_accumulate(py::array ring_obj, py::array windows_obj, py::array offset
   for (int i = 0; i < 4; ++i) strides[i] = windows.strides(i) / static_cast<int64_t>(sizeof(float));
   {
     py::gil_scoped_release release;
-    vcesdk::ring_accumulate(r, C, L, H, W, win, strides, off, B, d, h, w, wz, wy, wx);
-  }
-}
-
-void ring_finalize(py::array ring_obj, int64_t z0, int64_t z1, py::array nz_obj,
-                   py::array ny_obj, py::array nx_obj, py::array out_obj) {
-  F32 ring = writeable_f32(ring_obj, "ring", 4);
-  F32 out = writeable_f32(out_obj, "out", 4);
-  const int64_t C = ring.shape(0), L = ring.shape(1), H = ring.shape(2), W = ring.shape(3);
-  require(0 <= z0 && z0 <= z1 && z1 - z0 <= L, "slices [" + std::to_string(z0) + ", " +
-                                                    std::to_string(z1) + ") do not fit a ring of " +
-                                                    std::to_string(L));
-  require(out.shape(0) == C && out.shape(1) == z1 - z0 && out.shape(2) == H &&
-              out.shape(3) == W,
-          "out must have shape (" + std::to_string(C) + ", " + std::to_string(z1 - z0) + ", " +
-              std::to_string(H) + ", " + std::to_string(W) + "), got " + shape_str(out));
-  F32 nz = F32::ensure(nz_obj), ny = F32::ensure(ny_obj), nx = F32::ensure(nx_obj);
-  require(nz && nz.ndim() == 1 && nz.shape(0) >= z1, "nz must be float32 covering slice z1");
-  require(ny && ny.ndim() == 1 && ny.shape(0) == H, "ny must be float32 of length H");
-  require(nx && nx.ndim() == 1 && nx.shape(0) == W, "nx must be float32 of length W");
-  float* r = ring.mutable_data();
-  float* o = out.mutable_data();
-  {
-    py::gil_scoped_release release;
-    vcesdk::ring_finalize(r, C, L, H, W, z0, z1, nz.data(), ny.data(), nx.data(), o);
+    vcesdk::ring_accumulate(r, C, L, H, W, win, strides, off, B, d, h, w, wz, wy, wx,
+                            fresh_from, done_below, nz.data(), ny.data(), nx.data(), o,
+                            out_strides, stream);
   }
 }
 
@@ -254,35 +267,32 @@ Voxels no window covered (weight 0) are set to `empty`.
 Raises:
     ValueError: wrong dtype, layout or shape.)doc");
   m.def("ring_accumulate", &ring_accumulate, py::arg("ring"), py::arg("windows"),
-        py::arg("offsets"), py::arg("wz") = py::none(), py::arg("wy") = py::none(),
-        py::arg("wx") = py::none(),
-        R"doc(Add a batch of grid windows into a z-ring accumulator in place; releases the GIL.
+        py::arg("offsets"), py::arg("wz"), py::arg("wy"), py::arg("wx"), py::arg("fresh_from"),
+        py::arg("done_below"), py::arg("nz"), py::arg("ny"), py::arg("nx"),
+        py::arg("out") = py::none(), py::arg("stream") = false,
+        R"doc(Add a batch of grid windows into a z-ring accumulator and write the slices it
+finishes; releases the GIL.
 
 Volume slice z is kept in ring slice z % L. Weights are separable: wz[z] * wy[y] * wx[x]
-inside a window (None = 1). Each destination row is read and written once per batch.
+inside a window (None = 1). Each destination row is read and written once per batch. Slices
+z >= fresh_from (never touched before) are cleared before their first add; slices
+zmin <= z < done_below (zmin: the batch's first slice) are finished by this batch and written
+to out[c, z - zmin] = sum / (nz[z] * ny[y] * nx[x]) without a pass of their own.
 
 Args:
     ring: float32 (C, L, H, W), C-contiguous, writeable.
     windows: float32 (B, C, d, h, w).
-    offsets: int64 (B, 3): (z, y, x) window starts in the volume.
+    offsets: int64 (B, 3): (z, y, x) window starts in the volume, grid order.
     wz, wy, wx: float32 (d,), (h,), (w,) weight profiles, or None.
-
-Raises:
-    ValueError: wrong dtype or shape, a window outside the plane, or a batch spanning more
-        slices than the ring holds.)doc");
-  m.def("ring_finalize", &ring_finalize, py::arg("ring"), py::arg("z0"), py::arg("z1"),
-        py::arg("nz"), py::arg("ny"), py::arg("nx"), py::arg("out"),
-        R"doc(Write finished slices [z0, z1) as the weighted mean and clear them in the ring.
-
-out[c, z - z0] = ring[c, z % L] / (nz[z] * ny[y] * nx[x]); releases the GIL.
-
-Args:
-    ring: float32 (C, L, H, W) accumulator.
-    z0, z1: volume slice range, z1 - z0 <= L.
+    fresh_from: first slice no earlier batch touched.
+    done_below: start slice of the grid's next window (D after the last batch).
     nz, ny, nx: float32 per-axis sums of weights over the grid (coverage counts for "mean").
-    out: float32 (C, z1 - z0, H, W), C-contiguous, writeable.
+    out: float32 (C, done_below - zmin, H, W) with contiguous planes (any channel / slice
+        stride, e.g. a slab view of the output volume); None when nothing is finished.
+    stream: write out with non-temporal stores (output not read back soon).
 
 Raises:
-    ValueError: wrong dtype or shape.)doc");
+    ValueError: wrong dtype or shape, a window outside the plane, a batch spanning more
+        slices than the ring holds, or fresh_from / done_below outside the batch.)doc");
   m.def("build_info", &build_info, "Compiler and OpenMP settings the extension was built with.");
 }

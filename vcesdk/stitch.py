@@ -234,9 +234,10 @@ class StreamingStitcher:
     """Overlap averaging for windows that arrive in grid order (z slowest), as the runtime
     and :func:`sliding_window` produce them.
 
-    Only a ring of about one window depth of slices is held: slices that no later window can
-    touch are finalised as soon as the next window's start passes them and handed to
-    `on_slices` (or written into `out`). Weights are separable and the normaliser is analytic
+    Only a ring of about one window depth of slices is held: a slice is finished by the batch
+    that adds its last window (the next window of the grid starts above it), written from the
+    row just summed, without a pass of its own, and handed to `on_slices` (or written into
+    `out`, with non-temporal stores). Weights are separable and the normaliser is analytic
     (per-axis sums of weights over the grid), so there is no weight volume. Peak memory of the
     accumulator is C x L x H x W float32 with L = d + (max_batch - 1) x stride_z slices,
     independent of the number of slices D.
@@ -288,7 +289,8 @@ class StreamingStitcher:
         self._weights = [None if blend == "mean" else p for p in self._profiles]
         D, H, W = self.shape
         depth = min(D, self.window[0] + (int(max_batch) - 1) * self.stride[0])
-        self._ring = np.zeros((self.channels, depth, H, W), dtype=np.float32)
+        # cleared slice by slice when a batch first touches it
+        self._ring = np.empty((self.channels, depth, H, W), dtype=np.float32)
         self._on_slices = on_slices
         if on_slices is None:
             if out is None:
@@ -298,36 +300,12 @@ class StreamingStitcher:
                                  f"{out.dtype} {out.shape}")
         self.out = out
         self._next = 0
-        self._final = 0
+        self._top = 0  # slices >= _top have not been touched yet
 
     @property
     def ring_bytes(self) -> int:
         """Bytes held by the accumulator ring."""
         return int(self._ring.nbytes)
-
-    def _flush(self, z1: int) -> None:
-        z1 = min(z1, self.shape[0])
-        L = self._ring.shape[1]
-        nz, ny, nx = self._norms
-        while self._final < z1:
-            z0 = self._final
-            n = min(z1 - z0, L)
-            # out[:, z0:z0+n] is C-contiguous only for C == 1; otherwise finish into a slab
-            direct = self._on_slices is None and self.channels == 1
-            slab = (self.out[:, z0:z0 + n] if direct else
-                    np.empty((self.channels, n, *self.shape[1:]), np.float32))
-            if self._ext is not None:
-                self._ext.ring_finalize(self._ring, z0, z0 + n, nz, ny, nx, slab)
-            else:
-                idx = np.arange(z0, z0 + n) % L
-                denom = nz[z0:z0 + n, None, None] * ny[None, :, None] * nx[None, None, :]
-                slab[...] = self._ring[:, idx] / denom
-                self._ring[:, idx] = 0.0
-            if self._on_slices is not None:
-                self._on_slices(z0, slab)
-            elif not direct:
-                self.out[:, z0:z0 + n] = slab
-            self._final = z0 + n
 
     def aggregate(self, values: np.ndarray, offsets: np.ndarray) -> None:
         """Add the next windows of the grid, in grid order.
@@ -353,20 +331,31 @@ class StreamingStitcher:
         if offsets.shape[0] != B or want.shape[0] != B or not np.array_equal(offsets, want):
             raise InputError(f"windows must arrive in grid order: expected offsets "
                              f"{want.tolist()[:3]}..., got {offsets.tolist()[:3]}...")
-        self._flush(int(offsets[0, 0]))  # nothing below the first new window can change
+        z0 = int(offsets[0, 0])  # the previous batches finished every slice below z0
         L = self._ring.shape[1]
         top = int(offsets[:, 0].max()) + self.window[0]
-        if top - self._final > L:
-            raise InputError(f"a batch of {B} windows spans slices {self._final}..{top - 1}, "
+        if top - z0 > L:
+            raise InputError(f"a batch of {B} windows spans slices {z0}..{top - 1}, "
                              f"more than the {L}-slice ring; raise max_batch")
+        nxt = self._next + B
+        # slices below the next window's start get their last contribution from this batch
+        done = int(self.grid[nxt, 0]) if nxt < len(self.grid) else self.shape[0]
+        direct = self._on_slices is None  # finished slices go straight into the volume
+        slab = None
+        if done > z0:
+            slab = (self.out[:, z0:done] if direct else
+                    np.empty((self.channels, done - z0, *self.shape[1:]), np.float32))
+        nz, ny, nx = self._norms
         wz, wy, wx = self._weights
         if self._ext is not None:
             try:
-                self._ext.ring_accumulate(self._ring, values, offsets, wz, wy, wx)
+                self._ext.ring_accumulate(self._ring, values, offsets, wz, wy, wx, self._top,
+                                          done, nz, ny, nx, slab, direct)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
         else:
             d, h, w = self.window
+            self._ring[:, np.arange(max(self._top, z0), top) % L] = 0.0  # first touch
             wmap = None
             if wz is not None:
                 wmap = wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
@@ -374,9 +363,13 @@ class StreamingStitcher:
                 idx = np.arange(z, z + d) % L
                 v = values[b] if wmap is None else values[b] * wmap
                 self._ring[:, idx, y:y + h, x:x + w] += v
-        self._next += B
-        if self._next < len(self.grid):
-            self._flush(int(self.grid[self._next, 0]))
+            if slab is not None:
+                denom = nz[z0:done, None, None] * ny[None, :, None] * nx[None, None, :]
+                slab[...] = self._ring[:, np.arange(z0, done) % L] / denom
+        self._top = max(self._top, top)
+        self._next = nxt
+        if slab is not None and not direct:
+            self._on_slices(z0, slab)
 
     def finalize(self) -> np.ndarray | None:
         """Flush the remaining slices; returns `out` (None when slices went to on_slices).
@@ -387,7 +380,6 @@ class StreamingStitcher:
         if self._next != len(self.grid):
             raise InputError(f"finalize() after {max(self._next, 0)} of {len(self.grid)} "
                              f"windows")
-        self._flush(self.shape[0])
         self._next = -1
         self._ring = np.empty(0, np.float32)
         return self.out

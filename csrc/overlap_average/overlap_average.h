@@ -24,25 +24,30 @@ void overlap_finalize(float* sum, const float* weight, int64_t C, int64_t D, int
                       int64_t W, float empty);
 
 // --- streaming path: windows on a regular grid, separable weights, ring buffer in z --------
-// Add `B` windows into a ring accumulator of L slices: volume slice z lives in ring slice
-// z % L. Weights are separable, weight(z, y, x) = wz[z] * wy[y] * wx[x] inside a window (any
-// of wz, wy, wx may be nullptr for 1). Work is split over destination rows (ring slice, row),
-// so windows of one batch may overlap each other without races, and each destination row is
-// read and written once per batch however many windows cover it.
-//   ring:     float32 [C, L, H, W]
-//   windows:  float32 [B, C, d, h, w] with element strides (sb, sc, sz, sy) and unit stride
-//             along w, so a batch may be a zero-copy view of overlapping windows
-//   offsets:  int64 [B, 3]
+// Add `B` windows into a ring accumulator of L slices and finish the slices the batch
+// completes: volume slice z lives in ring slice z % L. Weights are separable, weight(z, y, x)
+// = wz[z] * wy[y] * wx[x] inside a window (any of wz, wy, wx may be nullptr for 1). Work is
+// split over destination rows (slice, row) of every slice the batch spans, so windows of one
+// batch may overlap each other without races, and each row is read and written once per batch
+// however many windows cover it.
+//   ring:        float32 [C, L, H, W]; no clearing needed between uses
+//   windows:     float32 [B, C, d, h, w] with element strides (sb, sc, sz, sy) and unit stride
+//                along w, so a batch may be a zero-copy view of overlapping windows
+//   offsets:     int64 [B, 3]
+//   fresh_from:  slices z >= fresh_from were not touched by any earlier batch: their ring
+//                slices hold stale data and are cleared before the first add
+//   done_below:  slices z < done_below get their last contribution from this batch (the next
+//                window of the grid starts at done_below): they are written to `out` as
+//                sum / (nz[z] * ny[y] * nx[x]) (the analytic sum of weights) and not kept
+//   out:         float32 [C, done_below - zmin, H, W] for slices zmin .. done_below - 1 (zmin =
+//                the batch's first slice), element strides (channel, slice) in out_strides,
+//                rows contiguous; `stream` writes it with non-temporal stores
 // The caller guarantees that the batch spans at most L slices and lies inside the volume.
 void ring_accumulate(float* ring, int64_t C, int64_t L, int64_t H, int64_t W,
                      const float* windows, const int64_t* strides, const int64_t* offsets,
                      int64_t B, int64_t d, int64_t h, int64_t w, const float* wz,
-                     const float* wy, const float* wx);
-
-// Finalise volume slices [z0, z1) from the ring: out[c, z - z0, y, x] =
-// ring[c, z % L, y, x] / (nz[z] * ny[y] * nx[x]) (the analytic sum of weights), then zero those
-// ring slices for reuse. out: float32 [C, z1 - z0, H, W]. nz/ny/nx are per-axis weight sums.
-void ring_finalize(float* ring, int64_t C, int64_t L, int64_t H, int64_t W, int64_t z0,
-                   int64_t z1, const float* nz, const float* ny, const float* nx, float* out);
+                     const float* wy, const float* wx, int64_t fresh_from, int64_t done_below,
+                     const float* nz, const float* ny, const float* nx, float* out,
+                     const int64_t* out_strides, bool stream);
 
 }  // namespace vcesdk
