@@ -21,10 +21,14 @@ HAVE_TORCH = __import__("importlib").util.find_spec("torch") is not None
 
 
 def _with_flops(dst: Path, entry: dict | None) -> Path:
-    """A copy of the PVP demo bundle whose manifest carries ``network.flops_per_window``."""
+    """A copy of the PVP demo bundle whose manifest carries ``network.flops_per_window`` =
+    `entry` (None: a bundle exported before the field, without it)."""
     shutil.copytree(vcesdk.DEFAULT_BUNDLE, dst)
     m = json.loads((dst / "manifest.json").read_text())
-    m["network"]["flops_per_window"] = entry
+    if entry is None:
+        m["network"].pop("flops_per_window", None)
+    else:
+        m["network"]["flops_per_window"] = entry
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst
 
@@ -41,7 +45,10 @@ def small_ct(tmp_path_factory) -> Path:
 
 def test_window_flops_from_the_manifest(tmp_path):
     demo = load_bundle(vcesdk.DEFAULT_BUNDLE)
-    assert window_flops(demo, (8, 64, 64)) is None  # the shipped demos have no count
+    # the shipped demos carry the count made at export (8 x 160 x 192, 3.85 GFLOP), scaled by
+    # the plane's voxels to another whole-plane window
+    assert window_flops(demo, (8, 160, 192)) == 3_845_652_480
+    assert window_flops(demo, (8, 64, 64)) == pytest.approx(3_845_652_480 * 64 * 64 / (160 * 192))
     linear = load_bundle(_with_flops(tmp_path / "lin", {
         "flops": 1_000_000, "window": [8, 32, 32], "linear_in_voxels": True}))
     assert window_flops(linear, (8, 32, 32)) == 1e6
@@ -76,9 +83,9 @@ def test_efficiency_arithmetic():
     assert efficiency_fields(2.5e9, 12, 3.0, None)["efficiency"] is None  # a GPU backend
 
 
-def test_without_torch_the_count_is_null_with_the_reason(monkeypatch):
+def test_without_torch_the_count_is_null_with_the_reason(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vcesdk.export.flops", None)  # import fails
-    out = model_flops(str(vcesdk.DEFAULT_BUNDLE), (8, 64, 64))
+    out = model_flops(str(_with_flops(tmp_path / "b", None)), (8, 64, 64))
     assert out["per_window"] is None and out["source"] is None
     assert out["reason"].startswith("the manifest has no network.flops_per_window, and "
                                     "counting it needs torch and vcesdk.export")
@@ -118,14 +125,18 @@ def test_benchmark_json_and_table_with_a_manifest_count(small_ct, tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="counting a bundle without the field needs torch")
-def test_benchmark_counts_a_demo_bundle_with_torch(small_ct):
+def test_benchmark_counts_a_bundle_without_the_field_with_torch(small_ct, tmp_path):
     from vcesdk.benchmark import benchmark
     from vcesdk.export.flops import count_bundle_flops
 
-    report = benchmark(str(vcesdk.DEFAULT_BUNDLE), providers=["CPUExecutionProvider"],
+    bundle = _with_flops(tmp_path / "b", None)  # exported before network.flops_per_window
+    report = benchmark(str(bundle), providers=["CPUExecutionProvider"],
                        ct=str(small_ct), repeats=1, warmup=0, write_format="nifti")
     e = report["backends"]["CPUExecutionProvider"]
     assert e["flops"]["source"].startswith("counted now with "
                                            "torch.utils.flop_counter.FlopCounterMode")
-    assert e["flops_per_window"] == count_bundle_flops(vcesdk.DEFAULT_BUNDLE, (8, 64, 64))
+    assert e["flops_per_window"] == count_bundle_flops(bundle, (8, 64, 64))
+    # the count the shipped demo carries from its export, scaled to this window, agrees
+    assert window_flops(load_bundle(vcesdk.DEFAULT_BUNDLE), (8, 64, 64)) == pytest.approx(
+        e["flops_per_window"], rel=1e-6)
     _check_entry(e)

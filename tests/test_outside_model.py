@@ -151,3 +151,13 @@ def test_int16_slice_rounds_and_clips_as_before():
     want = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
     got = hu_to_int16(hu)
     assert got.dtype == np.int16 and np.array_equal(got, want)
+
+
+def test_onnx_runtime_workers_sleep_between_runs():
+    """The runtime's ONNX Runtime session does not spin its intra-op workers after a run (they
+    took the cores from the stitcher: vcesdk.backends.onnxruntime.ALLOW_SPINNING)."""
+    from vcesdk.backends.onnxruntime import ALLOW_SPINNING
+
+    synth = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, providers=["CPUExecutionProvider"])
+    opts = synth._backend._session.get_session_options()
+    assert opts.get_session_config_entry(ALLOW_SPINNING) == "0"

@@ -45,8 +45,19 @@ def provider_lists() -> tuple[list[str], list[str]]:
     return list(ort.get_all_providers()), list(ort.get_available_providers())
 
 
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
+"""ONNX Runtime session config key; vcesdk sets it to "0". Spinning intra-op workers keep both
+cores of this project's 2-core CPU machine busy after each window batch, while the stitcher's
+OpenMP threads need them: `vcesdk benchmark vcesdk/models/demo_pvp --providers
+CPUExecutionProvider` on the sample, spinning on / off, two rounds: stitch 2.18 / 0.09 ms per
+slice, end to end 29.1 / 27.2 and 34.0 / 24.8 ms per slice; the model alone on an idle machine
+is the same either way (benchmarks/ort_cpu_options.py: 1.48 / 1.55 s per pass, within noise)."""
+
+
 class OrtBackend:
     """ONNX Runtime session over a bundle's ONNX file.
+
+    The session's intra-op threads sleep between runs (:data:`ALLOW_SPINNING` = "0").
 
     Args:
         model: the .onnx file.
@@ -64,6 +75,7 @@ class OrtBackend:
         ort = import_onnxruntime()
 
         opts = ort.SessionOptions()
+        opts.add_session_config_entry(ALLOW_SPINNING, "0")
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
         self._session = ort.InferenceSession(
@@ -125,5 +137,5 @@ FAMILIES: tuple[BackendFamily, ...] = (BackendFamily(
     available=lambda p: p in provider_lists()[1], open=_open,
     why_unavailable=_why_unavailable, chains=True),)
 
-__all__ = ["FAMILIES", "INSTALL_ONNXRUNTIME", "OrtBackend",
+__all__ = ["ALLOW_SPINNING", "FAMILIES", "INSTALL_ONNXRUNTIME", "OrtBackend",
            "default_provider_options", "import_onnxruntime", "provider_lists"]
