@@ -35,7 +35,7 @@ def _with_flops(dst: Path, entry: dict | None) -> Path:
 
 @pytest.fixture(scope="module")
 def small_ct(tmp_path_factory) -> Path:
-    """24 x 64 x 64 on the demo's 4 x 2 x 2 mm grid (windows 8 x 64 x 64, 9 at stride 2)."""
+    """24 x 64 x 64 on the demo's 4 x 2 x 2 mm grid (windows 8 x 64 x 64, 5 at the demo stride 4)."""
     z, y, x = np.meshgrid(np.arange(24), np.arange(64), np.arange(64), indexing="ij")
     hu = np.where(np.hypot(y - 31.5, x - 31.5) < 26, 40.0 + z, -1000.0).astype(np.float32)
     path = tmp_path_factory.mktemp("ct") / "ct.nii.gz"
@@ -115,7 +115,7 @@ def test_benchmark_json_and_table_with_a_manifest_count(small_ct, tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     e = json.loads(out.read_text())["backends"]["CPUExecutionProvider"]
-    assert (e["window"], e["windows"]) == ([8, 64, 64], 9)
+    assert (e["window"], e["windows"]) == ([8, 64, 64], 5)  # 24 slices at stride 4
     assert e["flops_per_window"] == 123e6 * 4  # 8 x 64 x 64 = 4 x the counted voxels
     assert e["flops"]["source"].startswith("manifest network.flops_per_window")
     _check_entry(e)

@@ -196,9 +196,9 @@ def test_triton_platforms_follow_the_format_table():
 def test_plan_windows_golden_case():
     from vcesdk.planning import plan_windows
 
-    demo = vcesdk.load_bundle(vcesdk.DEFAULT_BUNDLE)  # window 8 slices, multiples (8, 16, 16)
-    assert plan_windows(demo, (5, 100, 90)) == ((8, 112, 96), (8, 112, 96), (2, 112, 96))
-    assert plan_windows(demo, (21, 64, 64)) == ((24, 64, 64), (8, 64, 64), (2, 64, 64))
+    demo = vcesdk.load_bundle(vcesdk.DEFAULT_BUNDLE)  # window 8 slices, stride 4, multiples
+    assert plan_windows(demo, (5, 100, 90)) == ((8, 112, 96), (8, 112, 96), (4, 112, 96))
+    assert plan_windows(demo, (21, 64, 64)) == ((24, 64, 64), (8, 64, 64), (4, 64, 64))
 
 
 def test_thin_input_repeats_its_last_slice_to_the_window():

@@ -19,7 +19,7 @@ from vcesdk.stitch import window_grid
 
 @pytest.fixture(scope="module")
 def demo():
-    return vcesdk.load_bundle(vcesdk.DEFAULT_BUNDLE)  # window 8 slices, stride 2, 4x2x2 mm
+    return vcesdk.load_bundle(vcesdk.DEFAULT_BUNDLE)  # window 8 slices, stride 4, 4x2x2 mm
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_the_stride_sets_the_window_plan(demo, stride):
     padded, window, planned = plan_windows(b, (24, 64, 64))
     assert (padded, window, planned) == ((24, 64, 64), (8, 64, 64), (stride, 64, 64))
     assert len(window_grid(padded, window, planned)) == GOLDEN_WINDOWS[stride]
-    assert b.manifest is demo.manifest and demo.stride == (2, None, None)  # a copy
+    assert b.manifest is demo.manifest and demo.stride == (4, None, None)  # a copy
 
 
 @pytest.mark.parametrize("stride", [1, 8])
@@ -51,8 +51,8 @@ def test_synthesizer_runs_the_windows_of_its_stride(demo, small_volume, stride, 
         syn = vcesdk.Synthesizer(demo, stride=stride)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"bundle {demo.name}: slice stride {stride} overrides the bundle's "
-                        f"stride 2 (window depth 8)"]
-    assert (syn.stride, syn.bundle_stride) == (stride, 2)
+                        f"stride 4 (window depth 8)"]
+    assert (syn.stride, syn.bundle_stride) == (stride, 4)
     out = syn.synthesize(small_volume)
     assert syn.last_latency.windows == GOLDEN_WINDOWS[stride]
     assert syn.last_latency.window == (8, 64, 64)
@@ -62,11 +62,11 @@ def test_synthesizer_runs_the_windows_of_its_stride(demo, small_volume, stride, 
 def test_the_bundles_own_stride_is_bit_identical_and_silent(demo, small_volume, caplog):
     plain = vcesdk.Synthesizer(demo)
     with caplog.at_level(logging.WARNING, logger="vcesdk.runtime"):
-        same = vcesdk.Synthesizer(demo, stride=2)
+        same = vcesdk.Synthesizer(demo, stride=4)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     np.testing.assert_array_equal(same.synthesize(small_volume).hu,
                                   plain.synthesize(small_volume).hu)
-    assert same.last_latency.windows == plain.last_latency.windows == GOLDEN_WINDOWS[2]
+    assert same.last_latency.windows == plain.last_latency.windows == GOLDEN_WINDOWS[4]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 9, 2.5, True, "2"])
@@ -88,14 +88,14 @@ def test_cli_stride_is_used_warned_and_recorded(small_volume, tmp_path):
     vcesdk.write_volume(small_volume, src)
     out = tmp_path / "out"
     proc = _cli("synthesize", str(src), "-o", str(out), "--format", "nifti", "--model",
-                str(vcesdk.DEFAULT_BUNDLE), "--stride", "4", "--hu-check", "off",
+                str(vcesdk.DEFAULT_BUNDLE), "--stride", "2", "--hu-check", "off",
                 "--contrast-guard", "off", "-q")
     assert proc.returncode == 0, proc.stderr
-    assert ("slice stride 4 overrides the bundle's stride 2 (window depth 8)"
+    assert ("slice stride 2 overrides the bundle's stride 4 (window depth 8)"
             in proc.stderr)
     report = json.loads((out / "report.json").read_text())
-    assert (report["stride"], report["bundle_stride"]) == (4, 2)
-    assert report["latency"]["windows"] == GOLDEN_WINDOWS[4]
+    assert (report["stride"], report["bundle_stride"]) == (2, 4)
+    assert report["latency"]["windows"] == GOLDEN_WINDOWS[2]
     # out of range: one error line, nothing written
     proc = _cli("synthesize", str(src), "-o", str(tmp_path / "bad"), "--stride", "9")
     assert proc.returncode == 1
@@ -114,10 +114,10 @@ def test_benchmark_stride_is_used_warned_and_recorded(small_volume, tmp_path):
                 "--input", str(src), "--repeats", "1", "--warmup", "0", "--write-format",
                 "nifti", "--stride", "8", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "vcesdk: warning: slice stride 8 overrides the bundle's stride 2" in proc.stderr
+    assert "vcesdk: warning: slice stride 8 overrides the bundle's stride 4" in proc.stderr
     report = json.loads(out.read_text())
     entry = report["backends"]["CPUExecutionProvider"]
     assert report["stride"] == 8
-    assert (entry["stride"], entry["bundle_stride"], entry["windows"]) == (8, 2, 3)
+    assert (entry["stride"], entry["bundle_stride"], entry["windows"]) == (8, 4, 3)
     with pytest.raises(InputError, match="from 1 to the window depth"):  # before any worker
         benchmark(str(vcesdk.DEFAULT_BUNDLE), ct=str(src), stride=0)

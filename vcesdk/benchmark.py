@@ -3,13 +3,16 @@ outside the model, for each backend that can run a bundle here, on a real CT.
 
 Each backend runs in its own Python process (so its peak resident memory, read from the
 kernel's ``VmHWM``, is its own), through the same path a vendor's integration takes: read the
-CT from disk, ``Synthesizer.synthesize``, write the synthetic series. One warm-up pass, then
-``repeats`` timed passes. Per pass: end-to-end ms per slice = (read + synthesize + write) /
+CT from disk, then the main job ``Synthesizer.synthesize_to`` (a DICOM series is written by a
+thread slice by slice while later windows are still in the model). One warm-up pass, then
+``repeats`` timed passes. Per pass: end-to-end ms per slice = (read + synthesize and write) /
 slices. Reported per backend: median and 90th percentile of that over the passes, model-only
 ms per slice (median window time x windows / slices, :class:`~vcesdk.runtime.LatencyReport`),
 throughput (slices per second at the median), peak RSS, and the time per slice of each
 stage: read, prepare (input checks and contrast guard, reorient, resample, windowing), model,
-stitch (overlap averaging), compose (HU, composition, resample back), write.
+stitch (overlap averaging), compose (HU, composition, resample back: slab by slab during
+the sliding window), write (the wait for the last file after the synthesis ended:
+``Synthesizer.last_write_wait_s``; the writing itself overlaps the model).
 ``outside_model_fraction`` = 1 - model / end to end (median over passes).
 
 Peak GPU memory (``peak_gpu_mb``, MB = 10^6 bytes; details in ``gpu_memory``) for backends
@@ -432,7 +435,7 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
         ``passes``.
     """
     from .formats import provider_device
-    from .io import output_path, read_volume, write_volume
+    from .io import output_path, read_volume
     from .runtime import Synthesizer
 
     probe = GpuMemoryProbe(provider)
@@ -446,9 +449,8 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
             t0 = time.perf_counter()
             vol = fit_slices(read_volume(ct), slices)
             t1 = time.perf_counter()
-            out = syn.synthesize(vol)
-            t2 = time.perf_counter()
-            write_volume(out, output_path(tmp, f"pass{i}", write_format), like=vol)
+            # the main job: a DICOM series is written by a thread while the model runs
+            syn.synthesize_to(vol, output_path(tmp, f"pass{i}", write_format), like=vol)
             t3 = time.perf_counter()
             lat = syn.last_latency
             assert lat is not None
@@ -457,7 +459,7 @@ def run_backend(bundle: str, provider: str, ct: str, slices: int | None, repeats
                 continue
             passes.append({"read": t1 - t0, "prepare": lat.prepare_s, "model": lat.model_s,
                            "stitch": lat.stitch_s, "compose": lat.compose_s,
-                           "write": t3 - t2, "total": t3 - t0})
+                           "write": syn.last_write_wait_s, "total": t3 - t0})
             model_ms.append(lat.median_ms_per_slice)
     gpu = probe.stop()
     if gpu["peak_mb"] is not None and provider_device(syn.provider) != "cuda":

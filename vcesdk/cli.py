@@ -89,10 +89,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .bundle import load_bundle
+    from .io import output_path, read_volume, write_volume
     from .io.atomic import atomic_output
     from .preview import preview_phases, preview_strip
     from .runtime import Synthesizer
-    from .io import output_path, read_volume, write_volume
     from .volume import orient_volume
 
     src = _synthesis_input(args)
@@ -127,31 +127,28 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     vol = read_volume(src, series_uid=args.series, tilt=args.tilt)
     print(f"input: {src} {vol.shape[0]} slices x {vol.shape[1]} x {vol.shape[2]}, spacing "
           f"{'/'.join(f'{s:.3g}' for s in vol.spacing_zyx_mm)} mm (z/y/x)")
-    results, warned = [], []
-    for syn in syns:
-        with tqdm(desc=f"synthesize {syn.bundle.phase.upper()}", unit="window",
-                  disable=args.quiet) as bar:
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                scect = syn.synthesize(vol, progress=progress)
-            results.append((syn, scect, syn.last_latency, dict(syn.last_auxiliary)))
-            warned += [str(w.message) for w in caught if str(w.message) not in warned]
-    for message in warned:
-        print(f"vcesdk: warning: {message}", file=sys.stderr)
-    contrast = syns[0].last_contrast
-    entries = []
+    results, warned, entries = [], [], []
     with atomic_output(out_dir, is_dir=True, overwrite=args.overwrite) as tmp:
-        # shown in radiological convention (LPS: anterior up, patient's left on the right)
-        shown = orient_volume(vol)
-        for syn, scect, lat, aux in results:
+        for syn in syns:
             phase = syn.bundle.phase
             vol_path = output_path(tmp, f"scect_{phase}", args.format)
-            write_volume(scect, vol_path, like=vol,
-                         series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
+            with tqdm(desc=f"synthesize {phase.upper()}", unit="window",
+                      disable=args.quiet) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", UserWarning)
+                    # a DICOM series streams: its slices are written by a thread as soon as
+                    # they are final, while later windows are still in the model
+                    scect = syn.synthesize_to(
+                        vol, vol_path, like=vol, progress=progress,
+                        series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
+            lat = syn.last_latency
+            aux = dict(syn.last_auxiliary)
+            results.append((syn, scect, lat, aux))
+            warned += [str(w.message) for w in caught if str(w.message) not in warned]
             aux_files = {}
             for a in syn.bundle.auxiliary:  # e.g. MAN-GAN's subtraction map, its own series
                 a_path = output_path(tmp, f"{a.name}_{phase}", args.format)
@@ -165,6 +162,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             "provider": syn.provider, "auxiliary": aux_files,
                             "stride": syn.stride, "bundle_stride": syn.bundle_stride,
                             "latency": lat.__dict__ if lat else None})
+        for message in warned:
+            print(f"vcesdk: warning: {message}", file=sys.stderr)
+        contrast = syns[0].last_contrast
+        # shown in radiological convention (LPS: anterior up, patient's left on the right)
+        shown = orient_volume(vol)
         if len(results) == 1:  # one phase: three slice levels
             preview_strip(shown.hu, orient_volume(results[0][1]).hu, tmp / "preview.png",
                           spacing_mm=shown.spacing_zyx_mm)

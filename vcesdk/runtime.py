@@ -4,16 +4,20 @@ Flow: HU volume -> (resample to the bundle's grid) -> windows to channels -> pad
 network's multiples (:mod:`vcesdk.planning`) -> sliding windows through one backend
 (:mod:`vcesdk.backends`: ONNX Runtime, TorchScript, AOTInductor, TensorRT) -> overlap average
 (vcesdk._C) -> output channel to HU -> (compose with the input, resample back) -> HU on the
-input's grid.
+input's grid. The steps after the model run slab by slab while later windows are still in it
+(:mod:`vcesdk.streaming`); :meth:`Synthesizer.synthesize_to` also writes a DICOM series slice
+by slice from a thread.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,7 +28,11 @@ from .contrast import GUARD_MODES, check_contrast
 from .errors import InputError, MemoryBudgetError, ObliqueVolumeError, ProviderError
 from .formats import DEFAULT_PROVIDER_ORDER
 from .hu_check import HU_CHECK_MODES, HUStats, check_hu
-from .intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu
+from .io import write_volume
+from .io.atomic import atomic_output
+from .io.background import SliceWriterThread
+from .io.dicom import DicomSeriesWriter
+from .io.itk import itk_suffix
 from .planning import (
     AIR_HU,
     _prepare_finite,
@@ -33,12 +41,11 @@ from .planning import (
     with_slice_stride,
 )
 from .stitch import sliding_window, window_grid
+from .streaming import OutputStream, SliceSink
 from .volume import (
     CTVolume,
     axis_aligned_grid,
     obliquity_deg,
-    orientation_code,
-    orient_volume,
     resample_volume,
 )
 
@@ -199,6 +206,7 @@ class Synthesizer:
         self.oblique = oblique
         self.last_contrast = None
         self.last_auxiliary: dict[str, CTVolume] = {}
+        self.last_write_wait_s: float | None = None  # see synthesize_to
 
         self.memory_budget_mb = float(memory_budget_mb if memory_budget_mb is not None else
                                       os.environ.get("VCESDK_MEMORY_BUDGET_MB",
@@ -282,20 +290,22 @@ class Synthesizer:
         """
         return self._backend.run(batch)
 
-    def _to_input_grid(self, model_grid: CTVolume, vol: CTVolume, default_hu: float
-                       ) -> np.ndarray:
-        """Values on the model grid brought back onto the input's grid, (D, H, W) float32."""
-        if self.bundle.resample_mm is not None:
-            return resample_volume(model_grid, (), reference=vol, default_hu=default_hu).hu
-        return orient_volume(model_grid, orientation_code(vol)).hu
-
-    def synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None = None
-                   ) -> CTVolume:
+    def synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None = None,
+                   on_slices: SliceSink | None = None) -> CTVolume:
         """Synthesize the bundle's contrast phase from a non-contrast volume.
+
+        The work after the model streams: each slab the stitcher finishes is composed back to
+        HU and brought onto the input grid while later windows still run
+        (:class:`vcesdk.streaming.OutputStream`), and `on_slices` gets each output slice as
+        soon as it is final (e.g. a DICOM writer thread, as ``vcesdk synthesize`` does).
 
         Args:
             vol: NCCT, float32 HU (D, H, W), any spacing and orientation.
             progress: called as progress(windows_done, windows_total).
+            on_slices: called as on_slices(k0, hu) with float32 (n, H, W) HU of output slices
+                k0 .. k0 + n - 1 on the input grid, each slice once (runs in increasing order;
+                all at the end for an oblique input or a bundle without resampling); `hu` is a
+                view of the result, valid during the call.
 
         Returns:
             sCECT, float32 HU (D, H, W) on the input's grid (same shape, spacing, origin,
@@ -327,18 +337,71 @@ class Synthesizer:
         if angle > MAX_OBLIQUE_DEG:
             aligned = resample_volume(vol, (), reference=axis_aligned_grid(vol),
                                       default_hu=AIR_HU)
-            enhanced, aux = self._synthesize(aligned, progress, t0)
+            enhanced, aux = self._synthesize(aligned, progress, t0, None)
             delta = enhanced.with_hu(enhanced.hu - aligned.hu)
             back = resample_volume(delta, (), reference=vol, default_hu=0.0).hu
             self.last_auxiliary = {k: vol.with_hu(resample_volume(v, (), reference=vol,
                                                                   default_hu=0.0).hu)
                                    for k, v in aux.items()}
-            return vol.with_hu((vol.hu + back).astype(np.float32, copy=False))
-        result, self.last_auxiliary = self._synthesize(vol, progress, t0)
+            result = vol.with_hu((vol.hu + back).astype(np.float32, copy=False))
+            if on_slices is not None:
+                on_slices(0, result.hu)
+            return result
+        result, self.last_auxiliary = self._synthesize(vol, progress, t0, on_slices)
         return result
 
+    def synthesize_to(self, vol: CTVolume, path: str | os.PathLike, like: CTVolume | None = None,
+                      series_description: str = "SYNTHETIC", overwrite: bool = False,
+                      progress: Callable[[int, int], None] | None = None) -> CTVolume:
+        """Synthesize and write the result: the main job.
+
+        A DICOM series (a folder path) streams: a writer thread writes each slice as soon as
+        it is final (:class:`vcesdk.io.background.SliceWriterThread`), while later windows
+        are still in the model. NIfTI / NRRD / MHA files are written at the end. Either way
+        the output appears only when complete (temporary sibling, renamed into place).
+        :attr:`last_write_wait_s` is the time from the synthesis' end to the last file.
+
+        Args:
+            vol: NCCT, float32 HU (D, H, W).
+            path: a folder for a DICOM series, or a .nii.gz / .nii / .nrrd / .mha file.
+            like: volume whose DICOM headers give patient and study tags (default `vol`).
+            series_description: DICOM SeriesDescription ("SYNTHETIC" prefixed).
+            overwrite: replace an existing output.
+            progress: as for :meth:`synthesize`.
+
+        Returns:
+            The synthetic volume, as :meth:`synthesize` returns it.
+
+        Raises:
+            Everything :meth:`synthesize` raises; VolumeWriteError: the output exists (and not
+            `overwrite`) or cannot be written. Nothing is left at `path` on an error.
+        """
+        like = like if like is not None else vol
+        p = Path(path)
+        if itk_suffix(p) is not None:
+            out = self.synthesize(vol, progress)
+            t = time.perf_counter()
+            write_volume(out, p, like=like, series_description=series_description,
+                         overwrite=overwrite)
+            self.last_write_wait_s = time.perf_counter() - t
+            return out
+        with atomic_output(p, is_dir=True, overwrite=overwrite) as tmp:
+            writer = SliceWriterThread(DicomSeriesWriter(
+                vol, tmp, like=like, series_description=series_description).write)
+            try:
+                out = self.synthesize(vol, progress, on_slices=writer.put)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.close()
+                raise
+            t = time.perf_counter()
+            writer.close()  # the slices still queued; raises a write error
+            self.last_write_wait_s = time.perf_counter() - t
+        return out
+
     def _synthesize(self, vol: CTVolume, progress: Callable[[int, int], None] | None,
-                    t0: float) -> tuple[CTVolume, dict[str, CTVolume]]:
+                    t0: float, on_slices: SliceSink | None
+                    ) -> tuple[CTVolume, dict[str, CTVolume]]:
         b = self.bundle
         need = estimate_memory_mb(b, vol)
         if need > self.memory_budget_mb:
@@ -356,7 +419,6 @@ class Synthesizer:
             warnings.warn(msg, UserWarning, stacklevel=3)
         t_prep = time.perf_counter()
         work, window, stride = prep.work, prep.window, prep.stride
-        shape = work.shape
         n_windows = len(window_grid(prep.channels.shape[1:], window, stride))
         times: list[tuple[float, int]] = []
         done = [0]
@@ -372,21 +434,14 @@ class Synthesizer:
             if progress is not None:
                 progress(n, n_windows)
 
-        stitched = sliding_window(prep.channels, predictor, window, stride, blend=b.blend,  # type: ignore
-                                  batch_size=max(1, b.batch_size), progress=on_progress)
+        # finished slabs are composed and brought onto the input grid while later windows run
+        stream = OutputStream(b, vol, work, on_slices)
+        sliding_window(prep.channels, predictor, window, stride, blend=b.blend,  # type: ignore
+                       batch_size=max(1, b.batch_size), progress=on_progress,
+                       on_slices=stream.model_slab)
+        streamed = stream.seconds
         t_stitch = time.perf_counter()
-        pred = channels_to_hu(stitched[b.output_channel, :shape[0], :shape[1], :shape[2]],
-                              b.output_hu)
-        if b.compose in ADDITIVE_COMPOSE:
-            delta = enhancement_hu(pred, work.hu, b.compose, b.output_hu, b.difference_floor_hu)
-            out = vol.hu + self._to_input_grid(work.with_hu(delta), vol, 0.0)
-        else:
-            out = self._to_input_grid(work.with_hu(pred), vol, b.pad_hu)
-        result = vol.with_hu(out.astype(np.float32, copy=False))
-        auxiliary = {
-            a.name: vol.with_hu(self._to_input_grid(work.with_hu(channels_to_hu(
-                stitched[a.channel, :shape[0], :shape[1], :shape[2]], a.hu_range)), vol, 0.0))
-            for a in b.auxiliary}
+        result, auxiliary = stream.finish()
         t_end = time.perf_counter()
         total = t_end - t0
         per_window = [t / n for t, n in times]
@@ -397,6 +452,7 @@ class Synthesizer:
             model_s=model_s,
             median_ms_per_slice=1e3 * statistics.median(per_window) * n_windows / depth,
             end_to_end_ms_per_slice=1e3 * total / depth, prepare_s=t_prep - t0,
-            stitch_s=max(0.0, t_stitch - t_prep - model_s), compose_s=t_end - t_stitch,
+            stitch_s=max(0.0, t_stitch - t_prep - model_s - streamed),
+            compose_s=stream.seconds,
             window=tuple(int(v) for v in window))  # type: ignore[arg-type]
         return result, auxiliary

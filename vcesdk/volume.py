@@ -101,6 +101,31 @@ class CTVolume:
             raise InputError(f"new HU array has shape {np.shape(hu)}, volume has {self.shape}")
         return dataclasses.replace(self, hu=np.asarray(hu, dtype=np.float32))
 
+    def slices(self, k0: int, k1: int, hu: np.ndarray | None = None) -> "CTVolume":
+        """Slices k0 .. k1 - 1 as a volume of their own: same spacing and direction, origin at
+        slice k0, no source headers.
+
+        Args:
+            k0, k1: slice range, 0 <= k0 < k1 <= D.
+            hu: float32 (k1 - k0, H, W) values for those slices (default: a view of this
+                volume's).
+
+        Raises:
+            InputError: an empty or out-of-range slice range, or `hu` of another shape.
+        """
+        if not 0 <= k0 < k1 <= self.shape[0]:
+            raise InputError(f"slices {k0}..{k1 - 1} are not within the volume's "
+                             f"{self.shape[0]} slices")
+        if hu is None:
+            hu = self.hu[k0:k1]
+        elif tuple(np.shape(hu)) != (k1 - k0, *self.shape[1:]):
+            raise InputError(f"HU array of shape {np.shape(hu)} for {k1 - k0} slices of "
+                             f"{self.shape[1]} x {self.shape[2]}")
+        origin = self.affine @ np.array([0.0, 0.0, float(k0), 1.0])
+        return CTVolume(hu=hu, spacing_zyx_mm=self.spacing_zyx_mm,
+                        origin_xyz_mm=tuple(float(v) for v in origin[:3]),
+                        direction=self.direction)
+
     def to_sitk(self, int16: bool = False):
         """This volume as a SimpleITK image (float32 HU, or int16 HU rounded), same geometry."""
         import SimpleITK as sitk

@@ -481,51 +481,81 @@ def _new_uid() -> str:
     return generate_uid()
 
 
-def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume | None = None,
-                       series_description: str = "SYNTHETIC",
-                       series_number: int | None = None) -> list[Path]:
-    """Write `vol` as a derived CT series, one file per slice, into an existing empty folder.
+class DicomSeriesWriter:
+    """Writes a derived CT series slice by slice, into an existing empty folder: the geometry
+    and the series-level tags are fixed when it is made, so slices can be written in any order
+    as they become final (the streaming main job writes them from a thread while later windows
+    still run). :func:`write_dicom_series` is the whole-volume use.
 
     HU are rounded to int16 (RescaleSlope 1, RescaleIntercept 0, values clipped to the int16
-    range). Study, patient and frame-of-reference tags come from `like` (or `vol`) when it has
-    DICOM headers; otherwise a new study is created with an anonymous patient.
+    range). Study, patient and frame-of-reference tags come from `like` (or `grid`) when it
+    has DICOM headers; otherwise a new study is created with an anonymous patient.
 
     Args:
-        vol: volume to write (float32 HU, (D, H, W)).
+        grid: the output's grid (shape, spacing, origin, direction; its voxels are not read).
         folder: destination folder (must exist).
         like: volume whose source headers give patient and study tags.
         series_description: SeriesDescription; "SYNTHETIC " is prefixed when missing.
         series_number: SeriesNumber; by default the source's + 1000 (or 1000).
 
-    Returns:
-        The written file paths, in slice order.
-
     Raises:
-        VolumeWriteError: the folder is missing or a file cannot be written.
+        VolumeWriteError: the folder is missing.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise VolumeWriteError(f"output folder does not exist: {folder}")
-    if not series_description.upper().startswith("SYNTHETIC"):
-        series_description = f"SYNTHETIC {series_description}"
-    src_headers = (like.source_headers if like is not None else None) or vol.source_headers
-    src = src_headers[0] if src_headers else None
-    now = _dt.datetime.now()
-    series_uid = _new_uid()
-    study_uid = _new_uid()
-    frame_uid = _new_uid()
-    if series_number is None:
-        series_number = int(src.get("SeriesNumber", 0) or 0) + 1000 if src is not None else 1000
+    def __init__(self, grid: CTVolume, folder: str | os.PathLike, like: CTVolume | None = None,
+                 series_description: str = "SYNTHETIC", series_number: int | None = None
+                 ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise VolumeWriteError(f"output folder does not exist: {self.folder}")
+        if not series_description.upper().startswith("SYNTHETIC"):
+            series_description = f"SYNTHETIC {series_description}"
+        self.grid = grid
+        self.series_description = series_description
+        self.src_headers = (like.source_headers if like is not None else None) or \
+            grid.source_headers
+        self.src = self.src_headers[0] if self.src_headers else None
+        self.now = _dt.datetime.now()
+        self.series_uid = _new_uid()
+        self.study_uid = _new_uid()
+        self.frame_uid = _new_uid()
+        if series_number is None:
+            series_number = (int(self.src.get("SeriesNumber", 0) or 0) + 1000
+                             if self.src is not None else 1000)
+        self.series_number = series_number
+        self.paths: dict[int, Path] = {}
 
-    direction = vol.direction
-    row_dir, col_dir, normal = direction[:, 0], direction[:, 1], direction[:, 2]
-    origin = np.asarray(vol.origin_xyz_mm, dtype=np.float64)
-    dz, dy, dx = vol.spacing_zyx_mm
-    paths = []
-    for k in range(vol.shape[0]):
+    def write(self, k0: int, hu: np.ndarray) -> list[Path]:
+        """Write slices k0 .. k0 + n - 1 of the series.
+
+        Args:
+            k0: index of the first slice in the output grid.
+            hu: float32 (n, H, W) HU of those slices.
+
+        Returns:
+            The files written, in slice order.
+
+        Raises:
+            VolumeWriteError: a slice outside the grid, a plane of another size, or a file
+                that cannot be written.
+        """
+        D, H, W = self.grid.shape
+        if hu.ndim != 3 or tuple(hu.shape[1:]) != (H, W) or not 0 <= k0 <= k0 + len(hu) <= D:
+            raise VolumeWriteError(f"slices {k0}..{k0 + len(hu) - 1} of shape "
+                                   f"{tuple(hu.shape[1:])} do not fit the {D} x {H} x {W} "
+                                   f"series")
+        written = [self._write_slice(k0 + i, hu[i]) for i in range(len(hu))]
+        return written
+
+    def _write_slice(self, k: int, hu: np.ndarray) -> Path:
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+        vol, src, src_headers, now = self.grid, self.src, self.src_headers, self.now
+        direction = vol.direction
+        row_dir, col_dir, normal = direction[:, 0], direction[:, 1], direction[:, 2]
+        origin = np.asarray(vol.origin_xyz_mm, dtype=np.float64)
+        dz, dy, dx = vol.spacing_zyx_mm
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
         sop_uid = _new_uid()
@@ -544,18 +574,18 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
             ds.PatientID = "VCESDK"
             ds.PatientBirthDate = ""
             ds.PatientSex = ""
-            ds.StudyInstanceUID = study_uid
+            ds.StudyInstanceUID = self.study_uid
             ds.StudyDate = now.strftime("%Y%m%d")
             ds.StudyTime = now.strftime("%H%M%S")
             ds.StudyID = ""
             ds.AccessionNumber = ""
             ds.ReferringPhysicianName = ""
-            ds.FrameOfReferenceUID = frame_uid
+            ds.FrameOfReferenceUID = self.frame_uid
             ds.PositionReferenceIndicator = ""
         if "StudyInstanceUID" not in ds:
-            ds.StudyInstanceUID = study_uid
+            ds.StudyInstanceUID = self.study_uid
         if "FrameOfReferenceUID" not in ds:
-            ds.FrameOfReferenceUID = frame_uid
+            ds.FrameOfReferenceUID = self.frame_uid
         for tag, default in (("KVP", ""), ("Manufacturer", ""), ("PositionReferenceIndicator", ""),
                              ("PatientBirthDate", ""), ("PatientSex", ""), ("StudyID", ""),
                              ("AccessionNumber", ""), ("ReferringPhysicianName", ""),
@@ -582,9 +612,9 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
         ds.SOPInstanceUID = sop_uid
         ds.Modality = "CT"
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = series_description[:64]
+        ds.SeriesInstanceUID = self.series_uid
+        ds.SeriesNumber = self.series_number
+        ds.SeriesDescription = self.series_description[:64]
         ds.SeriesDate = now.strftime("%Y%m%d")
         ds.SeriesTime = now.strftime("%H%M%S")
         ds.ContentDate = now.strftime("%Y%m%d")
@@ -611,11 +641,35 @@ def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume 
         ds.RescaleType = "HU"
         ds.WindowCenter = "50"
         ds.WindowWidth = "400"
-        ds.PixelData = hu_to_int16(vol.hu[k]).tobytes()  # slice by slice: no volume copy
-        path = folder / f"IM{k + 1:05d}.dcm"
+        ds.PixelData = hu_to_int16(hu).tobytes()  # slice by slice: no volume copy
+        path = self.folder / f"IM{k + 1:05d}.dcm"
         try:
             ds.save_as(path, enforce_file_format=True)
         except OSError as exc:
             raise VolumeWriteError(f"cannot write {path}: {exc.strerror}") from None
-        paths.append(path)
-    return paths
+        self.paths[k] = path
+        return path
+
+
+def write_dicom_series(vol: CTVolume, folder: str | os.PathLike, like: CTVolume | None = None,
+                       series_description: str = "SYNTHETIC",
+                       series_number: int | None = None) -> list[Path]:
+    """Write `vol` as a derived CT series, one file per slice, into an existing empty folder
+    (:class:`DicomSeriesWriter` with every slice at once).
+
+    Args:
+        vol: volume to write (float32 HU, (D, H, W)).
+        folder: destination folder (must exist).
+        like: volume whose source headers give patient and study tags.
+        series_description: SeriesDescription; "SYNTHETIC " is prefixed when missing.
+        series_number: SeriesNumber; by default the source's + 1000 (or 1000).
+
+    Returns:
+        The written file paths, in slice order.
+
+    Raises:
+        VolumeWriteError: the folder is missing or a file cannot be written.
+    """
+    writer = DicomSeriesWriter(vol, folder, like=like, series_description=series_description,
+                               series_number=series_number)
+    return writer.write(0, vol.hu)
