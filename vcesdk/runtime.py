@@ -74,8 +74,9 @@ class LatencyReport:
             reorientation, resampling, HU windowing to channels and padding, seconds.
         stitch_s: sliding-window bookkeeping and overlap averaging (window batches, the
             native kernel), seconds: time inside the sliding window outside the model.
-        compose_s: output channel to HU, composition with the input, resampling back,
-            seconds.
+        compose_s: output channel to HU, composition with the input, resampling back and
+            handing slices to ``on_slices``, seconds (slab by slab during the sliding window,
+            :class:`vcesdk.streaming.OutputStream`).
         window: (d, h, w) size of each window on the model grid, voxels (the padded plane
             for a whole-plane bundle).
     """
