@@ -14,7 +14,9 @@ the machine does not fall on one of them:
 * ``no_mem_pattern``: memory pattern planning off;
 * ``io_binding``: input bound once, output into an ONNX Runtime-allocated buffer;
 * ``int8_qdq``: static int8 quantization (onnxruntime.quantization, QDQ format, per-channel
-  weights, MinMax calibration on the same windows), with its parity in HU against fp32.
+  weights, MinMax calibration on the same windows), with its parity in HU against fp32;
+* ``fp16``: weights and activations in float16, float32 input and output
+  (``onnxruntime.transformers.float16.convert_float_to_float16``, ``keep_io_types``).
 
 For each: median seconds per batch, GFLOP/s (FLOPs per window from the manifest or counted
 from generator.pt: :func:`vcesdk.benchmark.model_flops`), the fraction of the float32 matmul
@@ -72,6 +74,15 @@ def _quantize(model: Path, windows: np.ndarray, batch: int, dst: Path) -> Path:
     return dst
 
 
+def _half(model: Path, dst: Path) -> Path:
+    """float16 copy of `model` with float32 input and output."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(model)), keep_io_types=True), str(dst))
+    return dst
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default="vcesdk/models/demo_pvp")
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Path(args.bundle) / "model.onnx"
     tmp = Path(tempfile.mkdtemp(prefix="vcesdk_ort_options_"))
     int8 = _quantize(model, windows, batch, tmp / "model.int8.onnx")
+    fp16 = _half(model, tmp / "model.fp16.onnx")
 
     def session(path: Path, **cfg) -> "ort.InferenceSession":
         so = ort.SessionOptions()
@@ -122,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "no_mem_pattern": (model, {"enable_mem_pattern": False}),
         "io_binding": (model, {f"entry:{ALLOW_SPINNING}": "0"}),
         "int8_qdq": (int8, {f"entry:{ALLOW_SPINNING}": "0"}),
+        "fp16": (fp16, {f"entry:{ALLOW_SPINNING}": "0"}),
     }
     runners = {}
     outputs: dict[str, list[np.ndarray]] = {}
