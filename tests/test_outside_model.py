@@ -253,3 +253,28 @@ def test_a_failed_slice_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(VolumeWriteError, match="disk full"):
         syn.synthesize_to(vol, tmp_path / "out", like=vol)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape, spacing", [
+    ((24, 64, 64), (4, 2, 2)),      # no padding
+    ((5, 100, 90), (4, 2, 2)),      # thin (last slice repeated) and padded in-plane
+    ((30, 101, 122), (3, 3, 3)),    # resampled, padded on every axis
+])
+def test_channels_are_made_in_place_in_the_padded_input(shape, spacing):
+    """prepare_model_input writes the channels straight into the padded model input: the same
+    values as windowing, repeating the last slice and padding one step after the other."""
+    from vcesdk.intensity import hu_to_channels
+    from vcesdk.planning import plan_windows, prepare_model_input
+
+    b = vcesdk.load_bundle(vcesdk.DEFAULT_BUNDLE)
+    vol = CTVolume(hu=np.random.default_rng(7).uniform(-1100, 1500, shape).astype(np.float32),
+                   spacing_zyx_mm=spacing)
+    got = prepare_model_input(b, vol)
+    ch = hu_to_channels(got.work.hu, b.windows)
+    padded, window, _ = plan_windows(b, got.work.shape)
+    if ch.shape[1] < window[0]:
+        ch = np.concatenate([ch, np.repeat(ch[:, -1:], window[0] - ch.shape[1], axis=1)], 1)
+    ref = np.empty((len(b.windows), *padded), np.float32)
+    ref[:] = hu_to_channels(np.float32([b.pad_hu]), b.windows)[:, 0, None, None, None]
+    ref[:, :ch.shape[1], :ch.shape[2], :ch.shape[3]] = ch
+    np.testing.assert_array_equal(got.channels, ref)

@@ -66,18 +66,28 @@ def windows_from_manifest(channels: Sequence[dict]) -> tuple[Window, ...]:
     return tuple(out)
 
 
-def hu_to_channels(hu: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
+def hu_to_channels(hu: np.ndarray, windows: Sequence[Window], out: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Map HU to model input channels.
 
     Args:
         hu: float32 (D, H, W) or any shape, HU.
         windows: one Window per output channel.
+        out: float32 (C, *hu.shape) to write into (e.g. the unpadded part of the padded model
+            input, so the channels are made in place, without a copy); allocated when None.
 
     Returns:
-        float32 (C, *hu.shape) in [-1, 1].
+        float32 (C, *hu.shape) in [-1, 1] (`out` when given).
+
+    Raises:
+        ValueError: `out` of another shape or dtype.
     """
     hu = np.asarray(hu, dtype=np.float32)
-    out = np.empty((len(windows), *hu.shape), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(windows), *hu.shape), dtype=np.float32)
+    elif out.shape != (len(windows), *hu.shape) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {(len(windows), *hu.shape)}, got {out.dtype} "
+                         f"{out.shape}")
     for c, w in enumerate(windows):
         lo, _ = w.bounds_hu
         np.subtract(hu, np.float32(lo), out=out[c])

@@ -132,20 +132,22 @@ def _prepare_finite(bundle: Bundle, vol: CTVolume) -> ModelInput:
         work = resample_volume(work, bundle.resample_mm, default_hu=bundle.pad_hu)
     shape = work.shape
     padded, window, stride = plan_windows(bundle, shape)
-    channels = hu_to_channels(work.hu, bundle.windows)
     replicated = max(0, window[0] - shape[0])
+    # one pass from HU to the channels, written straight into the padded model input
+    channels = np.empty((len(bundle.windows), *padded), dtype=np.float32)
+    hu_to_channels(work.hu, bundle.windows, out=channels[:, :shape[0], :shape[1], :shape[2]])
     if replicated:
         # a thin input (fewer slices than the window): its last slice is repeated to the
         # window depth, so the network sees anatomy that continues rather than air
-        channels = np.concatenate([channels, np.repeat(channels[:, -1:], replicated, axis=1)],
-                                  axis=1)
-        shape = channels.shape[1:]
-    if padded != shape:
+        channels[:, shape[0]:shape[0] + replicated, :shape[1], :shape[2]] = \
+            channels[:, shape[0] - 1:shape[0], :shape[1], :shape[2]]
+    filled = (shape[0] + replicated, shape[1], shape[2])
+    if padded != filled:
         pad_values = hu_to_channels(np.float32([bundle.pad_hu]), bundle.windows)[:, 0]
-        full = np.empty((len(bundle.windows), *padded), dtype=np.float32)
-        full[:] = pad_values[:, None, None, None]
-        full[:, :shape[0], :shape[1], :shape[2]] = channels
-        channels = full
+        for c, v in enumerate(pad_values):
+            channels[c, filled[0]:] = v
+            channels[c, :filled[0], filled[1]:] = v
+            channels[c, :filled[0], :filled[1], filled[2]:] = v
     return ModelInput(work=work, channels=channels, window=window, stride=stride,
                       replicated_slices=replicated)
 
