@@ -153,6 +153,12 @@ def _sliding_fn(method: str, depth: int, stride: int, blend: str):
     return run
 
 
+def _have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM; unlike ru_maxrss it is not inherited across
     exec from the parent), MB."""
@@ -224,7 +230,7 @@ def one(kind: str, method: str, depth: int, stride: int, blend: str, repeats: in
     result["ms_median"] = 1e3 * statistics.median(times)
     result["ms_all"] = [round(1e3 * t, 2) for t in times]
     result["peak_rss_mb"] = _peak_rss_mb()
-    if kind == "stitch" and method.startswith("vcesdk_native"):
+    if kind == "stitch" and method.startswith("vcesdk_native") and _have_torch():
         # the read floor of these very bytes in this process: on a virtual machine the same
         # read runs at one of two speeds from process to process (host memory placement; seen
         # here: 70 or 127 ms for 4 GB, stable within a process), so the ratio is taken here

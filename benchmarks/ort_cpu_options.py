@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"platform": platform.platform(), "python": platform.python_version()},
               "configs": rows}
     Path(args.json).write_text(json.dumps(report, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(windows)} windows {tuple(windows.shape[1:])}, batch {batch}, {threads} "
           f"threads, matmul peak {peak['gflops_per_s']:.1f} GFLOP/s ({peak['blas']})")
     print(f"{'config':16s} {'s/pass':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'max |diff| HU':>14s}")

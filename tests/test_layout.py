@@ -214,6 +214,7 @@ def test_thin_input_repeats_its_last_slice_to_the_window():
     for z in range(3, 8):
         np.testing.assert_array_equal(prep.channels[:, z], prep.channels[:, 2])
     assert prep.windows().shape == (1, 3, 8, 64, 64)
-    # 2 model-grid volumes + (3 in + 1 out) padded channels + 2 input-grid volumes, float32
+    # 2 model-grid volumes (input, composed output) + 3 padded input channels + 2 input-grid
+    # volumes (output, slab), float32: the stitcher keeps no output volume of its own
     assert estimate_memory_mb(demo, vol) == pytest.approx(
-        (2 * 3 * 64 * 64 + 8 * 64 * 64 * 4 + 2 * 3 * 64 * 64) * 4 / 1e6)
+        (2 * 3 * 64 * 64 + 8 * 64 * 64 * 3 + 2 * 3 * 64 * 64) * 4 / 1e6)

@@ -278,3 +278,15 @@ def test_channels_are_made_in_place_in_the_padded_input(shape, spacing):
     ref[:] = hu_to_channels(np.float32([b.pad_hu]), b.windows)[:, 0, None, None, None]
     ref[:, :ch.shape[1], :ch.shape[2], :ch.shape[3]] = ch
     np.testing.assert_array_equal(got.channels, ref)
+
+
+def test_a_refused_synthesis_writes_nothing(tmp_path):
+    """synthesize_to: an error before or during the synthesis leaves no file and no folder."""
+    from vcesdk.errors import MemoryBudgetError
+
+    vol = vcesdk.read_volume(sample_ct())
+    syn = vcesdk.Synthesizer(vcesdk.DEFAULT_BUNDLE, providers=["CPUExecutionProvider"],
+                             memory_budget_mb=1)
+    with pytest.raises(MemoryBudgetError):
+        syn.synthesize_to(vol, tmp_path / "new" / "scect_pvp", like=vol)
+    assert list(tmp_path.iterdir()) == []

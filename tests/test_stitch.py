@@ -234,3 +234,11 @@ def test_whole_plane_batches_are_zero_copy_read_only_views():
     out = sliding_window(vol, predictor, (8, 6, 7), (3, 6, 7), batch_size=3)
     np.testing.assert_allclose(out, vol, rtol=1e-6, atol=1e-6)
     assert all(seen)
+
+
+def test_streaming_refuses_a_stride_beyond_the_window_and_a_strided_out():
+    with pytest.raises(InputError, match=r"stride \(5, 4, 4\) exceeds the window \(4, 4, 4\)"):
+        StreamingStitcher((10, 4, 4), 1, (4, 4, 4), (5, 4, 4))
+    out = np.zeros((1, 10, 4, 8), np.float32)[..., ::2]  # a view with a gap along x
+    with pytest.raises(InputError, match="writeable C-contiguous float32"):
+        StreamingStitcher((10, 4, 4), 1, (4, 4, 4), (2, 4, 4), out=out)

@@ -168,3 +168,13 @@ def test_affine_maps_indices_like_itk(hcc_volume, abdomen_volume):
             lps = vol.affine @ np.array([*index, 1.0])
             np.testing.assert_allclose(lps[:3], img.TransformIndexToPhysicalPoint(index),
                                        atol=1e-6)
+
+
+def test_a_failed_output_leaves_no_new_folders(tmp_path):
+    """atomic_output removes the (empty) folders it created for the output path on an error."""
+    from vcesdk.io.atomic import atomic_output
+
+    with pytest.raises(RuntimeError, match="synthesis failed"):
+        with atomic_output(tmp_path / "a" / "b" / "out", is_dir=True):
+            raise RuntimeError("synthesis failed")
+    assert list(tmp_path.iterdir()) == []

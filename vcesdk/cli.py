@@ -86,14 +86,9 @@ def _synthesis_input(args: argparse.Namespace) -> Path:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .bundle import load_bundle
-    from .io import output_path, read_volume, write_volume
-    from .io.atomic import atomic_output
-    from .preview import preview_phases, preview_strip
+    from .io import read_volume
     from .runtime import Synthesizer
-    from .volume import orient_volume
 
     src = _synthesis_input(args)
     out_dir = Path(args.output)
@@ -128,6 +123,35 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     print(f"input: {src} {vol.shape[0]} slices x {vol.shape[1]} x {vol.shape[2]}, spacing "
           f"{'/'.join(f'{s:.3g}' for s in vol.spacing_zyx_mm)} mm (z/y/x)")
     results, warned, entries = [], [], []
+    try:
+        _synthesize_into(args, src, vol, syns, out_dir, results, warned, entries)
+    finally:  # the warnings of the phases that ran, also when a later step failed
+        for message in warned:
+            print(f"vcesdk: warning: {message}", file=sys.stderr)
+    for e in entries:
+        print(f"wrote {out_dir / e['output']}")
+        for name in e["auxiliary"].values():
+            print(f"wrote {out_dir / name}")
+    print(f"wrote {out_dir / 'preview.png'}")
+    print(f"wrote {out_dir / 'report.json'}")
+    for _, _, lat, _ in results:
+        if lat is not None:
+            print(lat.line())
+    return 0
+
+
+def _synthesize_into(args: argparse.Namespace, src: Path, vol, syns: list, out_dir: Path,
+                     results: list, warned: list, entries: list) -> None:
+    """The synthesis and writing part of ``vcesdk synthesize``: every phase into a temporary
+    folder renamed to `out_dir` when complete; `results`, `warned`, `entries` are filled in as
+    phases finish."""
+    from tqdm import tqdm
+
+    from .io import output_path, write_volume
+    from .io.atomic import atomic_output
+    from .preview import preview_phases, preview_strip
+    from .volume import orient_volume
+
     with atomic_output(out_dir, is_dir=True, overwrite=args.overwrite) as tmp:
         for syn in syns:
             phase = syn.bundle.phase
@@ -142,13 +166,17 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                     warnings.simplefilter("always", UserWarning)
                     # a DICOM series streams: its slices are written by a thread as soon as
                     # they are final, while later windows are still in the model
-                    scect = syn.synthesize_to(
-                        vol, vol_path, like=vol, progress=progress,
-                        series_description=f"SYNTHETIC {phase.upper()} ({syn.bundle.name})")
+                    try:
+                        scect = syn.synthesize_to(
+                            vol, vol_path, like=vol, progress=progress,
+                            series_description=f"SYNTHETIC {phase.upper()} "
+                                               f"({syn.bundle.name})")
+                    finally:
+                        warned.extend(m for m in dict.fromkeys(str(w.message) for w in caught)
+                                      if m not in warned)
             lat = syn.last_latency
             aux = dict(syn.last_auxiliary)
             results.append((syn, scect, lat, aux))
-            warned += [str(w.message) for w in caught if str(w.message) not in warned]
             aux_files = {}
             for a in syn.bundle.auxiliary:  # e.g. MAN-GAN's subtraction map, its own series
                 a_path = output_path(tmp, f"{a.name}_{phase}", args.format)
@@ -162,8 +190,6 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             "provider": syn.provider, "auxiliary": aux_files,
                             "stride": syn.stride, "bundle_stride": syn.bundle_stride,
                             "latency": lat.__dict__ if lat else None})
-        for message in warned:
-            print(f"vcesdk: warning: {message}", file=sys.stderr)
         contrast = syns[0].last_contrast
         # shown in radiological convention (LPS: anterior up, patient's left on the right)
         shown = orient_volume(vol)
@@ -182,16 +208,6 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                                if syns[0].last_hu is not None else {"mode": "off"}),
                   **entries[0], "phases": entries}
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    for e in entries:
-        print(f"wrote {out_dir / e['output']}")
-        for name in e["auxiliary"].values():
-            print(f"wrote {out_dir / name}")
-    print(f"wrote {out_dir / 'preview.png'}")
-    print(f"wrote {out_dir / 'report.json'}")
-    for _, _, lat, _ in results:
-        if lat is not None:
-            print(lat.line())
-    return 0
 
 
 def _read_ct_list(path: str) -> list:

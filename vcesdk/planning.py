@@ -157,8 +157,10 @@ def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
     model's own working memory and the input, which the caller already holds).
 
     Counted, float32: the reoriented and resampled volume on the model grid, its input
-    channels padded to the network's multiples, the output channels there, the prediction in
-    HU, and on the input grid the difference and the result (2 volumes).
+    channels padded to the network's multiples, the composed output there (one volume per
+    output channel: the result and any auxiliary output; the stitcher holds only a ring of
+    about one window, :class:`vcesdk.stitch.StreamingStitcher`), and on the input grid one
+    volume per output channel plus a resampled slab.
     """
     grid = list(vol.shape)  # axes taken as already in the model's orientation (axial scans)
     if bundle.resample_mm is not None:
@@ -167,6 +169,6 @@ def estimate_memory_mb(bundle: Bundle, vol: CTVolume) -> float:
     padded, _, _ = plan_windows(bundle, grid)
     c_in = len(bundle.windows)
     c_out = int(bundle.manifest["output"]["channels"])
-    floats = (2 * float(np.prod(grid)) + float(np.prod(padded)) * (c_in + c_out)
-              + 2 * float(np.prod(vol.shape)))
+    floats = ((1 + c_out) * float(np.prod(grid)) + float(np.prod(padded)) * c_in
+              + (1 + c_out) * float(np.prod(vol.shape)))
     return floats * 4 / 1e6

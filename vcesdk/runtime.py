@@ -304,9 +304,11 @@ class Synthesizer:
             vol: NCCT, float32 HU (D, H, W), any spacing and orientation.
             progress: called as progress(windows_done, windows_total).
             on_slices: called as on_slices(k0, hu) with float32 (n, H, W) HU of output slices
-                k0 .. k0 + n - 1 on the input grid, each slice once (runs in increasing order;
-                all at the end for an oblique input or a bundle without resampling); `hu` is a
-                view of the result, valid during the call.
+                k0 .. k0 + n - 1 on the input grid, each slice exactly once; each run ascends,
+                but runs arrive in the order the model finishes them (an input stored from
+                head to feet gets its last slices first; all at once at the end for an oblique
+                input or a bundle without resampling); `hu` is a view of the returned volume's
+                slices, final (never written again): do not modify it.
 
         Returns:
             sCECT, float32 HU (D, H, W) on the input's grid (same shape, spacing, origin,
@@ -393,7 +395,7 @@ class Synthesizer:
                 out = self.synthesize(vol, progress, on_slices=writer.put)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    writer.close()
+                    writer.close(cancel=True)
                 raise
             t = time.perf_counter()
             writer.close()  # the slices still queued; raises a write error

@@ -242,8 +242,9 @@ class StreamingStitcher:
     accumulator is C x L x H x W float32 with L = d + (max_batch - 1) x stride_z slices,
     independent of the number of slices D.
 
-    Accuracy: sums are float32, added window by window (k = number of windows covering a
-    voxel, at most d/sz x h/sh x w/sw); the normaliser is computed in float64 and rounded once.
+    Accuracy: sums are float32, added in groups of up to four windows (k = number of windows
+    covering a voxel, at most d/sz x h/sh x w/sw); the normaliser is computed in float64 and
+    rounded once.
     With positive weights the stitched value v_hat of a voxel whose window values are v_i
     satisfies |v_hat - mean_w(v)| <= (k + 2) x 2^-24 x max_i |v_i|; for the pix2pix3D pattern
     (k = 16 at stride 1) and |HU| <= 3071 that is below 0.004 HU.
@@ -255,7 +256,8 @@ class StreamingStitcher:
         blend: "mean" (uniform, Choi et al. 2021) or "gaussian".
         on_slices: callable(z0, slab) receiving finished float32 slabs (C, n, H, W) in order;
             when None the slabs are written into `out` (allocated when None).
-        out: float32 (C, D, H, W) array (e.g. a numpy.memmap) to write into.
+        out: writeable C-contiguous float32 (C, D, H, W) array (e.g. a numpy.memmap) to
+            write into.
         max_batch: the largest number of windows passed to one :meth:`aggregate` call.
         backend: "auto", "native" or "numpy".
 
@@ -277,6 +279,9 @@ class StreamingStitcher:
         self.channels = int(channels)
         if self.channels < 1 or max_batch < 1:
             raise InputError(f"channels and max_batch must be >= 1, got {channels}, {max_batch}")
+        if any(st > w for st, w in zip(self.stride, self.window)):
+            raise InputError(f"stride {self.stride} exceeds the window {self.window}: voxels "
+                             f"between windows would get no value")
         self._ext = (_native.require_native() if backend == "native" else
                      _native.native() if backend == "auto" else None)
         self.backend = "native" if self._ext is not None else "numpy"
@@ -295,9 +300,10 @@ class StreamingStitcher:
         if on_slices is None:
             if out is None:
                 out = np.empty((self.channels, D, H, W), dtype=np.float32)
-            elif out.shape != (self.channels, D, H, W) or out.dtype != np.float32:
-                raise InputError(f"out must be float32 {(self.channels, D, H, W)}, got "
-                                 f"{out.dtype} {out.shape}")
+            elif (out.shape != (self.channels, D, H, W) or out.dtype != np.float32
+                  or not out.flags.c_contiguous or not out.flags.writeable):
+                raise InputError(f"out must be a writeable C-contiguous float32 array "
+                                 f"{(self.channels, D, H, W)}, got {out.dtype} {out.shape}")
         self.out = out
         self._next = 0
         self._top = 0  # slices >= _top have not been touched yet

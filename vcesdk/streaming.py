@@ -21,8 +21,8 @@ from .intensity import ADDITIVE_COMPOSE, channels_to_hu, enhancement_hu
 from .volume import CTVolume, orient_volume, orientation_code, resample_volume
 
 SliceSink = Callable[[int, np.ndarray], None]
-"""on_slices(k0, hu): float32 (n, H, W) HU of input slices k0 .. k0 + n - 1 (a view, valid
-during the call: copy what you keep)."""
+"""on_slices(k0, hu): float32 (n, H, W) HU of input slices k0 .. k0 + n - 1: a view of the
+result's slices, final (never written again); not to be modified."""
 
 
 def model_slices_read(model: CTVolume, target: CTVolume) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +58,8 @@ class OutputStream:
         vol: the input volume (its grid is the output's).
         work: the input on the model grid (oriented and resampled as the bundle says).
         on_slices: receives finished output slices (see :data:`SliceSink`), each input slice
-            exactly once, every run of slices in increasing order; None to only assemble.
+            exactly once; each run ascends, runs come in the order they become final (an input
+            stored head to feet: its last slices first); None to only assemble.
 
     Attributes:
         seconds: time spent composing, resampling and in `on_slices`.

@@ -150,8 +150,8 @@ void add_group_t(float* dst, const float* const* src, const float* wt, const flo
 }
 
 // AVX2 where the CPU has it (chosen at load time; the wheel itself targets baseline x86-64).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+__attribute__((target_clones("avx2", "default")))  // needs ifunc (glibc)
 #endif
 void add_group(float* dst, const float* const* src, const float* wt, const float* wx, int m,
                int64_t n, bool weighted, bool assign) {

@@ -21,7 +21,8 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, is_dir: bool, overwrite: bool = False,
                   suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it to `path`, on error delete it.
+    """Yield a temporary path beside `path`; on success rename it to `path`, on error delete it
+    (and the folders of `path` this call created, when they are empty).
 
     Args:
         path: final file or folder.
@@ -39,6 +40,13 @@ def atomic_output(path: str | os.PathLike, is_dir: bool, overwrite: bool = False
         raise VolumeWriteError(f"output already exists: {final} (choose another path or "
                                f"pass overwrite)")
     parent = final.parent
+    # folders this call creates, deepest first: removed again (when empty) on an error, so a
+    # failed job leaves nothing behind, not even the folders of its output path
+    created = []
+    p = parent.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -68,4 +76,7 @@ def atomic_output(path: str | os.PathLike, is_dir: bool, overwrite: bool = False
             tmp.rename(final)
     except BaseException:
         _remove(tmp)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: another writer may have used it meanwhile
         raise

@@ -26,6 +26,7 @@ class SliceWriterThread:
         self._write = write
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
+        self._cancel = False
         self._thread = threading.Thread(target=self._run, name="vcesdk-slice-writer",
                                         daemon=True)
         self._thread.start()
@@ -35,28 +36,32 @@ class SliceWriterThread:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self._error is None:
+            if self._error is None and not self._cancel:
                 try:
                     self._write(*item)
                 except BaseException as exc:  # handed to the caller by put() / close()
                     self._error = exc
 
     def put(self, k0: int, hu: np.ndarray) -> None:
-        """Queue slices k0 .. k0 + n - 1 (copied: `hu` may be reused after the call).
+        """Queue slices k0 .. k0 + n - 1. `hu` is not copied: the caller must not change it
+        afterwards (the runtime hands over views of finished slices of its result, which are
+        never written again, so the queue costs no memory of its own).
 
         Raises:
             Exception: the error a previous write raised.
         """
         if self._error is not None:
             raise self._error
-        self._queue.put((int(k0), np.array(hu, dtype=np.float32, copy=True)))
+        self._queue.put((int(k0), hu))
 
-    def close(self) -> None:
-        """Wait until every queued slice is written.
+    def close(self, cancel: bool = False) -> None:
+        """Wait until every queued slice is written (`cancel`: skip those not yet written, for
+        an output that is being abandoned).
 
         Raises:
             Exception: the error a write raised.
         """
+        self._cancel = cancel
         self._queue.put(_STOP)
         self._thread.join()
         if self._error is not None:
