@@ -153,8 +153,19 @@ def test_cyclegan_small_trains_unpaired(tmp_path):
     history = trainer.fit()
     after = trainer.validate()
     assert all(np.isfinite([h["cycle"], h["adv"], h["loss_d"]]).all() for h in history)
-    # the adversarial updates move G away from the identity (it enhances something)
-    assert abs(after["val_mae_hu"] - after["val_mae_hu_ncct"]) > 0.01
+    # the adversarial updates move G away from the identity: its output on an unseen phantom
+    # window differs from its input by 0.66 HU on average (max 5.8 HU) after these 60 steps
+    # (measured here); the validation MAE barely moves (19.332 vs 19.339 HU: the 0 HU floor
+    # drops G's negative changes), so the generator itself is measured
+    g = m.network("generator").eval()
+    x = trainer.val_data.x[0]
+    H, W = (n - n % 16 for n in x.shape[2:])
+    xb = torch.from_numpy(np.ascontiguousarray(x[None, :, :8, :H, :W]))
+    with torch.no_grad():
+        change = (g(xb) - xb[:, :1]).abs().mean().item()
+    lo, hi = trainer.output_hu
+    assert change * (hi - lo) / 2 > 0.2
+    assert np.isfinite(after["val_mae_hu"])
     ckpt = torch.load(tmp_path / "cg" / "checkpoint.pt", weights_only=True)
     assert {"generator", "backward_generator", "discriminator", "discriminator_x"} <= set(ckpt)
     resumed = Trainer(_short("cyclegan_small", 60), tmp_path / "cg", progress=False)
