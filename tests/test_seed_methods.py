@@ -517,3 +517,46 @@ def test_two_stage_paired_term_fits_g_cn_of_the_cect_to_its_own_ncct():
                         (["loss.paired_weight=-1"], "paired_weight must be >= 0")):
         with pytest.raises(ValueError, match=match):
             create_method(base.with_overrides(sets=sets))
+
+
+def test_two_stage_stage2_maps_the_scanned_cect_to_the_noise_free_one():
+    """data.noise_free_target for the two-stage method: the batch target holds the scanned
+    CECT and the noise-free one; G(C->N) and the adversarial terms see the scanned CECT, stage
+    2's reconstruction loss the noise-free one (PhantomPairs keep_noisy)."""
+    from vcesdk.training.data import PhantomPairs
+    from vcesdk.intensity import windows_from_manifest
+
+    r = _short("two_stage_small", 1)
+    r = dataclasses.replace(r, loss={**r.loss, "pretrain_steps": 0, "stage1_steps": 1})
+    m = create_method(r)
+    assert m.NOISY_AND_CLEAN_TARGET
+    torch.manual_seed(0)
+    x, noisy, clean = (torch.rand(2, 1, 3, 32, 32) * 2 - 1 for _ in range(3))
+    seen = {}
+    m.backward_generator.register_forward_hook(
+        lambda mod, inp, out: seen.setdefault("g_cn_input", []).append(inp[0]))
+    real_rec = m._rec
+    m._rec = lambda pred, target: (seen.setdefault("rec_target", []).append(target),
+                                   real_rec(pred, target))[1]
+    for step in (0, 1):   # stage 1, then stage 2
+        m.step = step
+        m.train_step(x, torch.cat([noisy, clean], dim=1))
+    assert all(torch.equal(t, noisy) for t in seen["g_cn_input"][:1])   # stage 1: scanned
+    assert torch.equal(seen["g_cn_input"][-1], noisy)                   # stage 2 input
+    assert torch.equal(seen["rec_target"][-1], clean)                   # stage 2 target
+    # the dataset hands both over: channel 0 scanned, channel 1 noise-free
+    io = r.model_io
+    ds = PhantomPairs([3], "pvp", windows_from_manifest(io["windows"]), io["hu_range"],
+                      shape=(8, 32, 32), spacing_mm=(4, 4, 4), noise_hu=15.0,
+                      target=io.get("target", "image"), noise_free_target=True,
+                      keep_noisy=True)
+    plain = PhantomPairs([3], "pvp", windows_from_manifest(io["windows"]), io["hu_range"],
+                         shape=(8, 32, 32), spacing_mm=(4, 4, 4), noise_hu=15.0,
+                         target=io.get("target", "image"))
+    clean_only = PhantomPairs([3], "pvp", windows_from_manifest(io["windows"]), io["hu_range"],
+                              shape=(8, 32, 32), spacing_mm=(4, 4, 4), noise_hu=15.0,
+                              target=io.get("target", "image"), noise_free_target=True)
+    assert ds.y[0].shape[0] == 2
+    np.testing.assert_array_equal(ds.y[0][0], plain.y[0][0])
+    np.testing.assert_array_equal(ds.y[0][1], clean_only.y[0][0])
+    assert np.std(ds.y[0][0] - ds.y[0][1]) > 0.005   # the noise (output units)

@@ -32,6 +32,9 @@ class PhantomPairs:
             gets noise_hu scaled by a factor drawn from [0.5, 1.5] (scanners and doses differ).
         noise_free_target: the target is made from the phase's noise-free image (the input
             NCCT keeps its noise; ``data.noise_free_target`` of the recipe).
+        keep_noisy: with `noise_free_target`, the target has two channels: the scanned
+            (noisy) phase, then the noise-free one (methods with
+            ``NOISY_AND_CLEAN_TARGET``, e.g. the two-stage method's stage 2).
 
     Items are float32 ``x`` (C, d, h, w) and ``y`` (1, d, h, w) in [-1, 1] (C channels for
     target "windows").
@@ -39,18 +42,20 @@ class PhantomPairs:
 
     def __init__(self, seeds: Sequence[int], phase: str, windows: Sequence[Window],
                  output_hu: Sequence[float], shape: Sequence[int], spacing_mm: Sequence[float],
-                 noise_hu: float, target: str = "image", noise_free_target: bool = False
-                 ) -> None:
+                 noise_hu: float, target: str = "image", noise_free_target: bool = False,
+                 keep_noisy: bool = False) -> None:
         cases = [make_phantom(int(s), shape=shape, spacing_mm=spacing_mm,
                               noise_hu=noise_hu * float(
                                   np.random.default_rng([int(s), 1]).uniform(0.5, 1.5)),
                               phases=("ncct", phase)) for s in seeds]
         self._setup(cases, phase, windows, output_hu, target,
-                    [c.clean[phase] for c in cases] if noise_free_target else None)
+                    [c.clean[phase] for c in cases] if noise_free_target else None,
+                    keep_noisy)
 
     def _setup(self, cases: Sequence, phase: str, windows: Sequence[Window],
                output_hu: Sequence[float], target: str,
-               clean_targets: Sequence[np.ndarray] | None = None) -> None:
+               clean_targets: Sequence[np.ndarray] | None = None,
+               keep_noisy: bool = False) -> None:
         if target not in TARGETS:
             raise RecipeError(f"model_io.target must be one of {TARGETS}, got {target!r}")
         if target == "windows":
@@ -71,6 +76,14 @@ class PhantomPairs:
         else:
             self.y = [hu_to_output(g - (c.phases["ncct"] if target == "residual" else 0.0),
                                    output_hu)[None] for c, g in zip(self.cases, goals)]
+        if keep_noisy and clean_targets is not None:
+            if target == "windows":
+                raise RecipeError("a noisy and a noise-free target need model_io.target "
+                                  "'image' or 'residual', not 'windows'")
+            # channel 0 the scanned (noisy) phase, channel 1 the noise-free one
+            self.y = [np.concatenate([hu_to_output(
+                c.phases[phase] - (c.phases["ncct"] if target == "residual" else 0.0),
+                output_hu)[None], y]) for c, y in zip(self.cases, self.y)]
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -112,6 +125,7 @@ class DatasetPairs(PhantomPairs):
             misaligned scan itself, for 004's misalignment study).
         noise_free_target: the target is ``<phase>_clean.nii.gz`` (the noise-free image
             ``vcesdk-data phantoms`` writes).
+        keep_noisy: as for :class:`PhantomPairs`.
 
     Raises:
         InputError: a patient lacks the NCCT or the phase (or its noise-free image with
@@ -120,7 +134,7 @@ class DatasetPairs(PhantomPairs):
 
     def __init__(self, root, patients: Sequence[str], phase: str, windows: Sequence[Window],
                  output_hu: Sequence[float], target: str = "image", aligned: bool = True,
-                 noise_free_target: bool = False) -> None:
+                 noise_free_target: bool = False, keep_noisy: bool = False) -> None:
         from pathlib import Path
 
         from vcesdk.errors import InputError
@@ -153,7 +167,7 @@ class DatasetPairs(PhantomPairs):
                                      f"{a.shape}")
                 clean.append(c.hu)
         self._setup(cases, phase, windows, output_hu, target,
-                    clean if noise_free_target else None)
+                    clean if noise_free_target else None, keep_noisy)
 
 
 def dataset_patients(root, phase: str) -> list[str]:

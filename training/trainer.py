@@ -154,6 +154,7 @@ class Trainer:
                       target=recipe.model_io.get("target", "image"))
         seed0 = int(d.get("seed", 0))
         clean = bool(d["noise_free_target"])
+        both = clean and self.method.NOISY_AND_CLEAN_TARGET
         pair_terms = ((["data.noise_free_target=false"] if clean else [])
                       + [f"{key}=0" for key in self.method.pair_terms()])
         if pair_terms and (unpaired is not None or misaligned_truth):
@@ -182,11 +183,12 @@ class Trainer:
             # the aligned truth
             self.train_data = DatasetPairs(data, names[:len(names) - n_val],
                                            aligned=not misaligned_truth,
-                                           noise_free_target=clean, **pair_args)
+                                           noise_free_target=clean, keep_noisy=both,
+                                           **pair_args)
             self.val_data = DatasetPairs(data, names[len(names) - n_val:], **pair_args)
         else:
             self.train_data = PhantomPairs(range(seed0, seed0 + int(d["n_train"])),
-                                           noise_free_target=clean, **common)
+                                           noise_free_target=clean, keep_noisy=both, **common)
             # validation patients use seeds never used in training
             self.val_data = PhantomPairs(range(seed0 + 100_000,
                                                seed0 + 100_000 + int(d["n_val"])), **common)

@@ -134,6 +134,9 @@ class Method(nn.Module, abc.ABC):
     NEEDS_DISCRIMINATOR = True
     MIN_WINDOWS_PER_PROCESS = 1
     SUPPORTS_DDP = False
+    # with data.noise_free_target: False = the target is the noise-free phase; True = the
+    # batch target holds two channels, the scanned (noisy) phase then the noise-free one
+    NOISY_AND_CLEAN_TARGET = False
     generator: nn.Module
     step: int = 0
     pretrain_steps: int = 0
