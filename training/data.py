@@ -71,19 +71,22 @@ class PhantomPairs:
         self.target = target
         goals = (list(clean_targets) if clean_targets is not None
                  else [c.phases[phase] for c in self.cases])
+        both = keep_noisy and clean_targets is not None
         if target == "windows":
-            self.y = [hu_to_channels(g, windows) for g in goals]
-        else:
-            self.y = [hu_to_output(g - (c.phases["ncct"] if target == "residual" else 0.0),
-                                   output_hu)[None] for c, g in zip(self.cases, goals)]
-        if keep_noisy and clean_targets is not None:
-            if target == "windows":
+            if both:
                 raise RecipeError("a noisy and a noise-free target need model_io.target "
                                   "'image' or 'residual', not 'windows'")
-            # channel 0 the scanned (noisy) phase, channel 1 the noise-free one
-            self.y = [np.concatenate([hu_to_output(
-                c.phases[phase] - (c.phases["ncct"] if target == "residual" else 0.0),
-                output_hu)[None], y]) for c, y in zip(self.cases, self.y)]
+            self.y = [hu_to_channels(g, windows) for g in goals]
+            return
+
+        def encode(case, goal: np.ndarray) -> np.ndarray:
+            base = case.phases["ncct"] if target == "residual" else 0.0
+            return hu_to_output(goal - base, output_hu)[None]
+
+        self.y = [encode(c, g) for c, g in zip(self.cases, goals)]
+        if both:  # channel 0 the scanned (noisy) phase, channel 1 the noise-free one
+            self.y = [np.concatenate([encode(c, c.phases[phase]), y])
+                      for c, y in zip(self.cases, self.y)]
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -523,7 +523,6 @@ class DicomSeriesWriter:
             series_number = (int(self.src.get("SeriesNumber", 0) or 0) + 1000
                              if self.src is not None else 1000)
         self.series_number = series_number
-        self.paths: dict[int, Path] = {}
 
     def write(self, k0: int, hu: np.ndarray) -> list[Path]:
         """Write slices k0 .. k0 + n - 1 of the series.
@@ -544,8 +543,7 @@ class DicomSeriesWriter:
             raise VolumeWriteError(f"slices {k0}..{k0 + len(hu) - 1} of shape "
                                    f"{tuple(hu.shape[1:])} do not fit the {D} x {H} x {W} "
                                    f"series")
-        written = [self._write_slice(k0 + i, hu[i]) for i in range(len(hu))]
-        return written
+        return [self._write_slice(k0 + i, hu[i]) for i in range(len(hu))]
 
     def _write_slice(self, k: int, hu: np.ndarray) -> Path:
         from pydicom.dataset import Dataset, FileMetaDataset
@@ -647,7 +645,6 @@ class DicomSeriesWriter:
             ds.save_as(path, enforce_file_format=True)
         except OSError as exc:
             raise VolumeWriteError(f"cannot write {path}: {exc.strerror}") from None
-        self.paths[k] = path
         return path
 
 
