@@ -30,15 +30,16 @@ from vcesdk.training.metrics import image_metrics
 LEVEL, WIDTH = 60.0, 500.0   # vcesdk-eval's default PSNR window
 
 
-def _gain_one(pdir: Path, noise_hu: float) -> dict[str, np.ndarray]:
+def _gain_one(pdir: Path, seed: int, noise_hu: float, cupping_hu: float
+              ) -> dict[str, np.ndarray]:
     """The patient's noise-free phases with the enhancement gain at 1 (HU, rounded as stored)."""
     ncct = read_volume(pdir / "ncct.nii.gz")
-    seed = int(pdir.name.lstrip("P"))
     saved = phantom.ENHANCEMENT_JITTER
     phantom.ENHANCEMENT_JITTER = 0.0      # gain = 1 + 0 x uniform draw: the RNG stream is kept
     try:
         case = phantom.make_phantom(seed, shape=ncct.shape, spacing_mm=ncct.spacing_zyx_mm,
-                                    noise_hu=noise_hu, phases=phantom.PHASES)
+                                    noise_hu=noise_hu, phases=phantom.PHASES,
+                                    cupping_hu=cupping_hu)
     finally:
         phantom.ENHANCEMENT_JITTER = saved
     stored = read_volume(pdir / "ncct_clean.nii.gz").hu
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="*", help="run folders, checkpoints or bundles")
     args = p.parse_intermixed_args(argv)
     data = Path(args.data)
-    noise_hu = float(json.loads((data / "dataset.json").read_text())["noise_hu"])
-    patients = sorted(d for d in data.iterdir() if d.is_dir())
+    meta = json.loads((data / "dataset.json").read_text())
+    seeds = {r["patient"]: int(r["seed"]) for r in meta["patients"]}
+    patients = sorted(d for d in data.iterdir() if d.is_dir() and d.name in seeds)
     rows: dict[str, list[dict]] = {"identity": [], "oracle": [], "gain 1": []}
     for pdir in patients:
         ncct = read_volume(pdir / "ncct.nii.gz").hu
@@ -67,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         body = read_volume(pdir / "labels.nii.gz").hu > 0
         rows["identity"].append(image_metrics(ncct, truth, LEVEL, WIDTH, body))
         rows["oracle"].append(image_metrics(clean, truth, LEVEL, WIDTH, body))
-        rows["gain 1"].append(image_metrics(_gain_one(pdir, noise_hu)[args.phase], truth,
-                                            LEVEL, WIDTH, body))
+        gain_one = _gain_one(pdir, seeds[pdir.name], float(meta["noise_hu"]),
+                             float(meta.get("cupping_hu", 0.0)))
+        rows["gain 1"].append(image_metrics(gain_one[args.phase], truth, LEVEL, WIDTH, body))
     mean = {k: {m: float(np.mean([r[m] for r in v])) for m in ("psnr", "mae_hu")}
             for k, v in rows.items()}
     share = [(mean["gain 1"][m] - mean["identity"][m]) / (mean["oracle"][m] - mean["identity"][m])

@@ -26,7 +26,8 @@ for k in 0.01 0.02 0.05; do
   [ -d "$data" ] || vcesdk-data phantoms --out "$data" --patients 20 --phases ncct,pvp \
       --seed 0 --size 160 160 32 --spacing 4 2 2 --misalign "$k" --no-dicom
   train pix2pix2d_small "$data" "$work/runs/misalign_${k}_pix2pix2d" --set "name=pix2pix2d-small-k$k"
-  # the paper's adversarial-only stage 1 (the recipe's paired term needs aligned pairs)
+  # the paper's adversarial-only stage 1 (the recipe's paired term and noise-free target need
+  # aligned pairs)
   train two_stage_small "$data" "$work/runs/misalign_${k}_two_stage" --set "name=two-stage-small-k$k" \
       --set loss.paired_weight=0 --set data.noise_free_target=false
   study+=("$work/runs/misalign_${k}_pix2pix2d" "$work/runs/misalign_${k}_two_stage")

@@ -9,11 +9,13 @@ Train first (stage 1 needs no pairs; stage 2 needs only the CECT and stage 1's o
         --unpaired-cect ../shared/data/ct/hcc048_portal_venous/dicom \\
                         ../shared/data/ct/totalseg_chest_cta/aorta_report_ct_cropped.nii.gz \\
         --max-steps 1500 --set loss.pretrain_steps=200 --set loss.stage1_steps=700 \\
-        --set "data.crop=[3, 64, 64]" --set loss.paired_weight=0 \
+        --set "data.crop=[3, 64, 64]" --set loss.paired_weight=0 \\
         --set data.noise_free_target=false
 
 (the cropped chest CTA is 94 x 90 px at 2 mm; unpaired scans train the paper's adversarial
-stage 1, without the recipe's paired term and noise-free target).
+stage 1, without the recipe's paired term and noise-free target). The README's figures were
+measured with the recipe of sessions 9-11: add ``--set generator.config.full_res=0 --set
+optim.decay_every=1000`` to train that one.
 
 then ``python benchmarks/two_stage_real_ct.py runs/two_stage_real --out
 runs/two_stage_real_report``.

@@ -260,7 +260,8 @@ def test_two_stage_variants_run_each_stage():
         stage1_terms = {} if variant in ("S", "J") else {"paired_weight": 0.0,
                                                          "identity_weight": 0.0}
         r = dataclasses.replace(r, loss={**r.loss, "variant": variant, "pretrain_steps": 1,
-                                         "stage1_steps": 1, **stage1_terms})
+                                         "stage1_steps": 1, **stage1_terms},
+                                data={**r.data, "noise_free_target": variant in ("S", "J")})
         m = create_method(r)
         assert isinstance(m, TwoStage)
         for step in (0, 1, 2):
@@ -579,7 +580,9 @@ def test_two_stage_paired_term_fits_g_cn_of_the_cect_to_its_own_ncct():
                     ).abs().mean()
     assert b.train_step(x, y)["paired"] == pytest.approx(float(expected), rel=1e-5)
     for sets, match in ((["loss.variant=single"], "variant 'single' has no stage 1"),
-                        (["loss.paired_sigma=-1"], "paired_sigma must be >= 0"),
+                        (["loss.paired_sigma=-1"], "paired_sigma must be a finite value >= 0"),
+                        (["loss.variant=cycle", "loss.paired_weight=0", "loss.identity_weight=0",
+                          "data.noise_free_target=true"], "set data.noise_free_target to false"),
                         (["loss.paired_weight=-1"], "paired_weight must be >= 0")):
         with pytest.raises(ValueError, match=match):
             create_method(base.with_overrides(sets=sets))

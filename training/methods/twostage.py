@@ -325,15 +325,17 @@ class TwoStageLoss:
 
 def blur_in_plane(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur along H and W of a (B, C, D, H, W) tensor (sigma in voxels,
-    kernel truncated at 3 sigma, replicated borders); same shape and dtype."""
+    kernel truncated at 3 sigma, replicated borders); same shape, float32 (computed in
+    float32 also under autocast)."""
     r = max(1, int(math.ceil(3.0 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    t = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
     b, c, d, h, w = x.shape
-    y = x.reshape(b * c * d, 1, h, w)
-    y = tf.conv2d(tf.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    y = tf.conv2d(tf.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    with torch.autocast(x.device.type, enabled=False):
+        y = x.float().reshape(b * c * d, 1, h, w)
+        y = tf.conv2d(tf.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        y = tf.conv2d(tf.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
     return y.reshape(b, c, d, h, w)
 
 
@@ -341,12 +343,14 @@ def blur_in_plane(x: torch.Tensor, sigma: float) -> torch.Tensor:
 class TwoStage(Method):
     """Seo et al. (004): see the module docstring. ``loss``: variant, l1_weight (lambda, 10),
     pretrain_steps (perceptual classifier), stage1_steps (variant S), pretrain_lr,
-    identity_weight and paired_weight (stage-1 terms of variants S / J, see
+    identity_weight, paired_weight and paired_sigma (stage-1 terms of variants S / J, see
     :class:`TwoStageLoss`).
 
     Raises:
         ValueError: unknown variant, model_io not one window mapped onto itself, a negative
-            identity_weight / paired_weight, or either set for a variant without stage 1.
+            identity_weight / paired_weight, either set for a variant without stage 1, a
+            negative or non-finite paired_sigma, or data.noise_free_target for the paper's
+            baselines (single / cycle).
     """
 
     Loss = TwoStageLoss
@@ -368,8 +372,9 @@ class TwoStage(Method):
         if self.variant not in VARIANTS:
             raise ValueError(f"loss.variant must be one of {VARIANTS}, got {self.variant!r}")
         self.NOISY_AND_CLEAN_TARGET = self.variant in ("S", "J")
-        if float(loss.paired_sigma) < 0:
-            raise ValueError(f"loss.paired_sigma must be >= 0, got {loss.paired_sigma:g}")
+        sigma = float(loss.paired_sigma)
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise ValueError(f"loss.paired_sigma must be a finite value >= 0, got {sigma:g}")
         for key in ("identity_weight", "paired_weight"):
             value = float(getattr(loss, key))
             if value < 0:
@@ -377,6 +382,9 @@ class TwoStage(Method):
             if value and self.variant not in ("S", "J"):
                 raise ValueError(f"loss.{key} is a stage-1 term of variants S and J; variant "
                                  f"{self.variant!r} has no stage 1 (set it to 0)")
+        if self.variant in ("single", "cycle") and recipe.data.get("noise_free_target"):
+            raise ValueError(f"variant {self.variant!r} is the paper's baseline against the "
+                             f"scanned CECT: set data.noise_free_target to false")
         g_name, g_cfg = recipe.generator["name"], dict(recipe.generator["config"])
         self.generator = create_generator(g_name, g_cfg)                 # G(N->C)
         self.backward_generator = create_generator(g_name, g_cfg)        # G(C->N)
