@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Held-out comparison of every small recipe (five baselines, four seed-paper methods) per phase:
 # each trained on one phantom training set with its own recipe schedule (at most 15 minutes per
-# run on 2 CPU cores; two-stage 15.6-16.4 minutes measured), evaluated by vcesdk-eval against the NCCT identity and the oracle (the
+# run on 2 CPU cores; two-stage 14.9 minutes on an idle machine, 15.6-16.4 sharing it), evaluated by vcesdk-eval against the NCCT identity and the oracle (the
 # noise-free truth) on phantom seeds never used in training (9000+). Not part of the tests.
 #
 #   benchmarks/heldout_comparison.sh [WORK_DIR]          (default runs/heldout)
