@@ -163,8 +163,8 @@ class DatasetPairs(PhantomPairs):
                 cp = pdir / f"{phase}_clean.nii.gz"
                 if not cp.is_file():
                     raise InputError(f"{pdir} has no {cp.name}: data.noise_free_target needs the"
-                                     f" noise-free images of a 'vcesdk-data phantoms' set (or --set "
-                                     f"data.noise_free_target=false)")
+                                     f" noise-free images of a 'vcesdk-data phantoms' set (or "
+                                     f"--set data.noise_free_target=false)")
                 c = read_volume(cp)
                 if c.shape != a.shape:
                     raise InputError(f"{name}: {cp.name} {c.shape} is not on the NCCT grid "
