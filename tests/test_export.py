@@ -12,6 +12,7 @@ pytest.importorskip("onnx", reason="export tests need the export extra (onnx)")
 from helpers import tiny_recipe  # noqa: E402
 from vcesdk.export import export_bundle, export_onnx, onnx_parity  # noqa: E402
 from vcesdk.training.methods import create_generator  # noqa: E402
+from vcesdk.training.recipe import builtin_recipe, load_recipe  # noqa: E402
 from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
 
 import vcesdk  # noqa: E402
@@ -45,11 +46,11 @@ def test_onnx_export_of_the_input_skip_u_net(tmp_path):
     """unet_l1_small's generator (input_skip: the full-resolution level) exports to ONNX with
     dynamic shapes and matches PyTorch."""
     torch.manual_seed(0)
-    g = create_generator("unet3d", dict(in_channels=3, out_channels=1, base=8, norm="none",
-                                        strides=[[2, 2, 2], [2, 2, 2], [1, 2, 2]],
-                                        input_skip=True)).eval()
+    cfg = load_recipe(builtin_recipe("unet_l1_small")).generator["config"]
+    g = create_generator("unet3d", {**cfg, "zero_init": False}).eval()
+    assert g.input_skip and g.size_multiple() == (4, 32, 32)
     path = export_onnx(g, tmp_path / "g.onnx", (1, 3, 8, 32, 32))
-    x = [np.random.default_rng(2).uniform(-1, 1, (2, 3, 8, 48, 40)).astype(np.float32)]
+    x = [np.random.default_rng(2).uniform(-1, 1, (2, 3, 8, 64, 96)).astype(np.float32)]
     parity = onnx_parity(g, path, x, (-500, 500))
     assert parity["passed"] and parity["max_abs_hu"] < 0.5
 
