@@ -338,24 +338,25 @@ class _ShmPool:
                 self.free.append(pair)
 
 
-# seconds one unregister call may take when a pool is released (at exit too: eight processes
-# leaving at once on a 2-core host took a 2 s gRPC call past its deadline, tests/test_triton_
-# serving.py::test_eight_processes_identical)
-RELEASE_TIMEOUT_S = 10.0
+# seconds a released pool spends unregistering its regions, and one call's deadline (at exit
+# too: eight processes leaving at once on a 2-core host took a 2 s gRPC call past its deadline,
+# tests/test_triton_serving.py::test_eight_processes_identical); no call starts after it
+RELEASE_TIMEOUT_S = 5.0
 
 
-def _unregister_quietly(client: Any, name: str) -> None:
-    """Unregister region `name` from the server, ignoring any failure (best-effort cleanup:
-    :func:`_release_pool` unlinks the files at the latest)."""
+def _unregister_quietly(client: Any, name: str, **kw: Any) -> None:
+    """Unregister region `name` from the server (`kw`: the client call's options, e.g. a gRPC
+    ``client_timeout``), ignoring any failure (best-effort cleanup: :func:`_release_pool`
+    unlinks the files at the latest)."""
     try:
-        client.unregister_system_shared_memory(name)
+        client.unregister_system_shared_memory(name, **kw)
     except Exception:  # noqa: BLE001 - tritonclient raises several kinds
         _logger.debug("could not unregister shared memory %s", name)
 
 
 def _release_pool(pool: _ShmPool) -> None:
-    """Unlink every region of `pool`, then unregister each from the server (best effort,
-    :data:`RELEASE_TIMEOUT_S` a call).
+    """Unlink every region of `pool`, then unregister each from the server (best effort, for
+    :data:`RELEASE_TIMEOUT_S` at most; a failed call does not stop the others).
     Runs once: from :meth:`TritonBackend.close`, when the backend is garbage collected, or at
     interpreter exit; in a forked child it leaves the parent's regions alone."""
     if os.getpid() != pool.pid:
@@ -379,14 +380,11 @@ def _release_pool(pool: _ShmPool) -> None:
                                                         connection_timeout=RELEASE_TIMEOUT_S,
                                                         network_timeout=RELEASE_TIMEOUT_S)
                 kw = {}
-            failed = []
-            for name in registered:  # one slow call must not leave the others registered
-                try:
-                    client.unregister_system_shared_memory(name, **kw)
-                except Exception:  # noqa: BLE001
-                    failed.append(name)
-            if failed:
-                _logger.debug("Triton %s: could not unregister %s", pool.endpoint.url, failed)
+            deadline = time.monotonic() + RELEASE_TIMEOUT_S
+            for name in registered:  # one failed call must not leave the others registered
+                if time.monotonic() > deadline:
+                    break
+                _unregister_quietly(client, name, **kw)
         except Exception as exc:  # noqa: BLE001 - the server may be gone; the files still go
             _logger.debug("Triton %s: could not unregister shared memory: %s",
                           pool.endpoint.url, exc)
