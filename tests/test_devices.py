@@ -16,9 +16,13 @@ from vcesdk.training.trainer import Trainer, load_checkpoint  # noqa: E402
 # every method, small: (recipe, crop, overrides that reach each stage in 4 steps)
 METHODS = {
     # 3D: 16 slices, so no level of the U-Net is 2 deep (oneDNN's bf16 Conv3d weight gradient
-    # is NaN for a 2-deep input with a 3-deep kernel in torch 2.13 on this CPU)
+    # is NaN for a 2-deep input with a 3-deep kernel in torch 2.13 on an AVX-512 CPU; AVX2-only
+    # CPUs run bf16 Conv3d outside oneDNN). unet_l1_small keeps three of its five levels here,
+    # so its bottom is 4 x 4 x 4, not 4 x 1 x 1: a CI run (another CPU of this machine kind)
+    # never finished this test with the five levels on 32 x 32 windows; the method's steps,
+    # losses and AMP path are the same at any depth
     "pix2pix3d_small": ([16, 32, 32], []),
-    "unet_l1_small": ([16, 32, 32], []),
+    "unet_l1_small": ([16, 32, 32], ["generator.config.strides=[[2, 2, 2], [2, 2, 2], [1, 2, 2]]"]),
     "pix2pix2d_small": ([1, 32, 32], []),
     "cyclegan_small": ([1, 32, 32], []),
     "mangan_small": ([1, 32, 32], []),
