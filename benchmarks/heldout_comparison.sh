@@ -6,11 +6,13 @@
 #
 #   benchmarks/heldout_comparison.sh [WORK_DIR]          (default runs/heldout)
 #   PHASES="ap pvp dp" (default) RECIPES="..." to run a subset; THREADS=N torch threads per run
-#   (default 1); JOBS=N runs at a time (default 2: one per core of the CI machine)
+#   (default 1); JOBS=N runs at a time (default 2: one per core of the CI machine);
+#   TRAIN_PATIENTS=N training phantoms (default 20; the README's table says which it used)
 #
-# Writes WORK_DIR/{train,heldout} (phantom sets, with <phase>_clean.nii.gz), WORK_DIR/runs/
-# <recipe>_<phase> (run folders with log.jsonl and time.txt) and WORK_DIR/report (report.md,
-# report.json with the oracle rows and headroom_closed, PNGs).
+# Writes WORK_DIR/{train,heldout} (phantom sets, with <phase>_clean.nii.gz; train_N for another
+# TRAIN_PATIENTS), WORK_DIR/runs/<recipe>_<phase> (run folders with log.jsonl and time.txt;
+# <recipe>_<phase>_tN for another TRAIN_PATIENTS) and WORK_DIR/report (report_tN; report.md, report.json
+# with the oracle rows and headroom_closed, PNGs).
 set -euo pipefail
 work=${1:-runs/heldout}
 phases=${PHASES:-"ap pvp dp"}
@@ -19,13 +21,15 @@ threads=${THREADS:-1}
 jobs=${JOBS:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/benchmarks/phantom_sets.sh"
+suffix=""
+[ "$train_patients" = 20 ] || suffix="_t$train_patients"
 
 train() {  # recipe phase
-  local run="$work/runs/$1_$2"
+  local run="$work/runs/$1_$2$suffix"
   [ -f "$run/time.txt" ] && return 0   # finished earlier
   local t0=$SECONDS
-  OMP_WAIT_POLICY=passive vcesdk-train "$here/training/recipes/$1.yaml" --data "$work/train" \
-      --out "$run" --phase "$2" --threads "$threads" > "$work/runs/$1_$2.log" 2>&1
+  OMP_WAIT_POLICY=passive vcesdk-train "$here/training/recipes/$1.yaml" --data "$train_set" \
+      --out "$run" --phase "$2" --threads "$threads" > "$run.log" 2>&1
   echo "$((SECONDS - t0)) s" > "$run/time.txt"
   echo "== $1 $2: $((SECONDS - t0)) s"
 }
@@ -35,9 +39,9 @@ for phase in $phases; do
   for recipe in $recipes; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
     train "$recipe" "$phase" &
-    models+=("$work/runs/${recipe}_${phase}")
+    models+=("$work/runs/${recipe}_${phase}$suffix")
   done
 done
 wait
-rm -rf "$work/report"
-vcesdk-eval "${models[@]}" --data "$work/heldout" --out "$work/report"
+rm -rf "$work/report$suffix"
+vcesdk-eval "${models[@]}" --data "$work/heldout" --out "$work/report$suffix"

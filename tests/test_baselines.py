@@ -114,6 +114,22 @@ def test_input_skip_gives_the_u_net_a_full_resolution_level():
     assert float(z(torch.randn(1, 3, 4, 16, 16)).abs().max()) == 0.0   # still starts at zero
 
 
+def test_head_channels_widens_only_the_full_resolution_level():
+    """``head_channels`` sets the width of the input_skip level's two convs (the capacity that
+    removes the NCCT's voxel noise; README, held-out comparison) and nothing else; 0 keeps
+    ``base``; the zero-initialised output still starts at no enhancement."""
+    cfg = dict(in_channels=3, out_channels=1, base=4, zero_init=True, strides=[[2, 2, 2]],
+               input_skip=True)
+    for head, width in ((0, 4), (16, 16)):
+        g = create_generator("unet3d", {**cfg, "head_channels": head})
+        convs = [m for m in g.input_head if isinstance(m, torch.nn.Conv3d)]
+        assert [c.out_channels for c in convs] == [width, width]
+        assert g.final.in_channels == width
+        assert [e[0].out_channels for e in g.encoders] == [4]
+        assert g(torch.randn(1, 3, 4, 16, 16)).shape == (1, 1, 4, 16, 16)
+        assert float(g(torch.randn(1, 3, 4, 16, 16)).abs().max()) == 0.0
+
+
 def _in_plane_reach(generator: torch.nn.Module, size: int = 128) -> int:
     """Voxels along y whose input value moves the centre output voxel (its receptive field
     through the whole network, measured by the gradient)."""

@@ -156,6 +156,8 @@ class UNet3D(nn.Module):
             upsampling of half-resolution features: it cannot follow voxel-scale structure
             such as the input's noise, which a model must remove to pass the ~62 % of the
             phantom headroom an exact enhancer keeps.
+        head_channels: channels of the ``input_skip`` level's two convs (0: ``base``); the
+            full-resolution capacity a denoising output needs (our option).
 
     Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
     of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
@@ -164,8 +166,8 @@ class UNet3D(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, base: int = 64,
                  strides: Sequence[Sequence[int]] = ((2, 2, 2),) * 4,
                  max_channels: int = 512, planar: bool = False, residual: bool = False,
-                 norm: str = "instance", zero_init: bool = False, input_skip: bool = False
-                 ) -> None:
+                 norm: str = "instance", zero_init: bool = False, input_skip: bool = False,
+                 head_channels: int = 0) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -195,12 +197,13 @@ class UNet3D(nn.Module):
         kernel, padding = _kernel_padding((1, 1, 1), planar)
         self.input_skip = bool(input_skip)
         if self.input_skip:
+            head = int(head_channels) or chans[0]
             self.input_head = nn.Sequential(
-                nn.Conv3d(cin + in_channels, chans[0], kernel, padding=padding),
+                nn.Conv3d(cin + in_channels, head, kernel, padding=padding),
                 nn.LeakyReLU(0.2, inplace=True),
-                nn.Conv3d(chans[0], chans[0], kernel, padding=padding),
+                nn.Conv3d(head, head, kernel, padding=padding),
                 nn.LeakyReLU(0.2, inplace=True))
-            cin = chans[0]
+            cin = head
         else:  # TorchScript compiles both branches of forward: the attribute must exist
             self.input_head = nn.Identity()
         self.final = nn.Conv3d(cin, out_channels, kernel, padding=padding)
