@@ -128,6 +128,8 @@ def test_head_channels_widens_only_the_full_resolution_level():
         assert [e[0].out_channels for e in g.encoders] == [4]
         assert g(torch.randn(1, 3, 4, 16, 16)).shape == (1, 1, 4, 16, 16)
         assert float(g(torch.randn(1, 3, 4, 16, 16)).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="head_channels must be 0"):
+        create_generator("unet3d", {**cfg, "head_channels": -8})
 
 
 def _in_plane_reach(generator: torch.nn.Module, size: int = 128) -> int:

@@ -159,6 +159,10 @@ class UNet3D(nn.Module):
         head_channels: channels of the ``input_skip`` level's two convs (0: ``base``); the
             full-resolution capacity a denoising output needs (our option).
 
+    Raises:
+        ValueError: an unknown norm, strides that are not (z, y, x) triples of 1 or 2, z
+            strides on a planar network, a negative head_channels.
+
     Shapes: input float32 (B, in_channels, d, h, w) in [-1, 1] with each of d, h, w a multiple
     of :meth:`size_multiple`; output (B, out_channels, d, h, w) in [-1, 1].
     """
@@ -178,6 +182,8 @@ class UNet3D(nn.Module):
                              f"{strides}")
         if planar and any(s[0] != 1 for s in strides):
             raise ValueError(f"a planar (2D) network needs z strides of 1, got {strides}")
+        if int(head_channels) < 0:
+            raise ValueError(f"head_channels must be 0 (base) or positive, got {head_channels}")
         chans = [min(base * 2 ** i, max_channels) for i in range(len(strides))]
         self.strides = strides
         self.encoders = nn.ModuleList()
