@@ -9,10 +9,10 @@
 #   (default 1); JOBS=N runs at a time (default 2: one per core of the CI machine);
 #   TRAIN_PATIENTS=N training phantoms (default 20; the README's table says which it used)
 #
-# Writes WORK_DIR/{train,heldout} (phantom sets, with <phase>_clean.nii.gz; train_N for another
-# TRAIN_PATIENTS), WORK_DIR/runs/<recipe>_<phase> (run folders with log.jsonl and time.txt;
-# <recipe>_<phase>_tN for another TRAIN_PATIENTS) and WORK_DIR/report (report_tN; report.md, report.json
-# with the oracle rows and headroom_closed, PNGs).
+# Writes WORK_DIR/{train,heldout} (phantom sets, with <phase>_clean.nii.gz), WORK_DIR/runs/
+# <recipe>_<phase> (run folders with log.jsonl and time.txt) and WORK_DIR/report (report.md,
+# report.json with the oracle rows and headroom_closed, PNGs); another TRAIN_PATIENTS=N adds
+# "_tN" to the training set, run and report folders (train_tN, <recipe>_<phase>_tN, report_tN).
 set -euo pipefail
 work=${1:-runs/heldout}
 phases=${PHASES:-"ap pvp dp"}
@@ -21,11 +21,9 @@ threads=${THREADS:-1}
 jobs=${JOBS:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/benchmarks/phantom_sets.sh"
-suffix=""
-[ "$train_patients" = 20 ] || suffix="_t$train_patients"
 
 train() {  # recipe phase
-  local run="$work/runs/$1_$2$suffix"
+  local run="$work/runs/$1_$2$train_tag"
   [ -f "$run/time.txt" ] && return 0   # finished earlier
   local t0=$SECONDS
   OMP_WAIT_POLICY=passive vcesdk-train "$here/training/recipes/$1.yaml" --data "$train_set" \
@@ -39,9 +37,9 @@ for phase in $phases; do
   for recipe in $recipes; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
     train "$recipe" "$phase" &
-    models+=("$work/runs/${recipe}_${phase}$suffix")
+    models+=("$work/runs/${recipe}_${phase}$train_tag")
   done
 done
 wait
-rm -rf "$work/report$suffix"
-vcesdk-eval "${models[@]}" --data "$work/heldout" --out "$work/report$suffix"
+rm -rf "$work/report$train_tag"
+vcesdk-eval "${models[@]}" --data "$work/heldout" --out "$work/report$train_tag"
